@@ -1,0 +1,124 @@
+"""The ``medspark`` command line (also used by ``jobs/*.py`` under spark-submit).
+
+Exit codes: 0 when the job ran (bad inputs are error rows, not failures), 2 for bad
+configuration or arguments, 3 when the environment is missing something (Java, jars),
+1 for anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medspark.errors import ConfigError, EnvironmentProblem, MedsparkError
+
+
+def _spark_conf_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"--spark-conf {text!r}: expected KEY=VALUE")
+    return key.strip(), value
+
+
+def _common(parser: argparse.ArgumentParser, *, warehouse_required: bool = True) -> None:
+    parser.add_argument(
+        "--warehouse",
+        required=warehouse_required,
+        help="directory holding the Delta tables (created if missing)",
+    )
+    parser.add_argument("--conf", help="pipeline YAML (default: conf/pipeline.yaml if present)")
+    parser.add_argument("--master", help="Spark master URL (default from config: local[2])")
+    parser.add_argument(
+        "--spark-conf",
+        action="append",
+        type=_spark_conf_pair,
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra Spark property; repeatable",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medspark", description="Medical-imaging data engineering on Apache Spark."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ingest = sub.add_parser(
+        "ingest", help="read DICOM files and archives into the scans and ingest_errors tables"
+    )
+    ingest.add_argument("sources", nargs="+", help="directories, DICOM files, zip/tar/tar.gz")
+    _common(ingest)
+
+    demo = sub.add_parser("demo", help="build sample data from pydicom's files and run the flow")
+    demo.add_argument(
+        "--dir", default="medspark-demo", help="where the demo input and warehouse go"
+    )
+    demo.add_argument("--conf", help="pipeline YAML")
+    demo.add_argument("--master", help="Spark master URL")
+    demo.add_argument("--spark-conf", action="append", type=_spark_conf_pair, default=[])
+    return parser
+
+
+def _session(args: argparse.Namespace, config: Any) -> Any:
+    from medspark.session import build_session
+
+    return build_session(config.spark, master=args.master, extra_conf=dict(args.spark_conf))
+
+
+def _load(args: argparse.Namespace, warehouse: str | None) -> Any:
+    from medspark.config import load_config, with_overrides
+
+    config = load_config(args.conf)
+    return with_overrides(config, warehouse=warehouse)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from medspark.pipeline import ingest
+
+    config = _load(args, str(Path(args.warehouse).absolute()))
+    spark = _session(args, config)
+    try:
+        result = ingest(spark, args.sources, config)
+    finally:
+        spark.stop()
+    print(result.summary())
+    print(f"tables: {config.table_path('scans')}, {config.table_path('ingest_errors')}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from medspark.demo import run_demo
+
+    config = _load(args, str((Path(args.dir) / "warehouse").absolute()))
+    spark = _session(args, config)
+    try:
+        run_demo(spark, config, Path(args.dir))
+    finally:
+        spark.stop()
+    return 0
+
+
+COMMANDS = {"ingest": cmd_ingest, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"medspark: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except EnvironmentProblem as exc:
+        print(f"medspark: {exc}", file=sys.stderr)
+        return 3
+    except MedsparkError as exc:
+        print(f"medspark: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

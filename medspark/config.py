@@ -1,0 +1,226 @@
+"""Typed pipeline configuration, loaded from YAML.
+
+The YAML mirrors the dataclasses below one to one. Loading is strict: an unknown key, a value
+of the wrong type or out of range fails at once with :class:`medspark.errors.ConfigError`,
+which names the dotted key, the value found and what is allowed. Nothing is silently ignored,
+because a misspelt key that falls back to a default is the kind of mistake that only shows
+weeks later in the tables.
+
+``conf/pipeline.yaml`` holds the same defaults as the dataclasses (a test keeps them equal).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from medspark.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("conf") / "pipeline.yaml"
+
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MIB = 1024 * 1024
+
+
+def _meta(
+    *, minimum: float | None = None, maximum: float | None = None, pattern: str | None = None
+) -> dict[str, object]:
+    return {"minimum": minimum, "maximum": maximum, "pattern": pattern}
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """How the SparkSession is built when medspark builds it (CLI, demo, tests)."""
+
+    master: str = "local[2]"
+    app_name: str = "medspark"
+    # Small-data defaults: Spark's 200 shuffle partitions cost more in task start-up
+    # than they save on a 2-core machine.
+    shuffle_partitions: int = field(default=8, metadata=_meta(minimum=1))
+    driver_memory: str = field(default="4g", metadata=_meta(pattern=r"^\d+[kmgtKMGT]?$"))
+    arrow_max_records_per_batch: int = field(default=2048, metadata=_meta(minimum=1))
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
+    # Any other Spark property, passed through as given (e.g. spark.executor.memory).
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Reading scan archives (the ``dicom`` data source)."""
+
+    # A partition reads at most about this many input bytes; large zips are split by member.
+    max_partition_bytes: int = field(default=128 * _MIB, metadata=_meta(minimum=_MIB))
+    # 0 means twice Spark's default parallelism, so every core has work.
+    min_partitions: int = field(default=0, metadata=_meta(minimum=0))
+    # One DICOM item larger than this (uncompressed) is refused as an error row.
+    max_item_bytes: int = field(default=2048 * _MIB, metadata=_meta(minimum=1024))
+    # Archives inside archives are opened down to this depth (1 = no nesting).
+    max_archive_depth: int = field(default=2, metadata=_meta(minimum=1, maximum=8))
+
+
+@dataclass(frozen=True)
+class TablesConfig:
+    """Delta table names under the warehouse directory."""
+
+    scans: str = field(default="scans", metadata=_meta(pattern=_TABLE_NAME.pattern))
+    ingest_errors: str = field(default="ingest_errors", metadata=_meta(pattern=_TABLE_NAME.pattern))
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The whole configuration; ``warehouse`` may also come from ``--warehouse``."""
+
+    warehouse: str | None = None
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    tables: TablesConfig = field(default_factory=TablesConfig)
+
+    def table_path(self, name: str) -> str:
+        """Path of the Delta table configured under ``tables.<name>``."""
+        if self.warehouse is None:
+            raise ConfigError("warehouse", None, "a directory path (set it or pass --warehouse)")
+        return str(Path(self.warehouse) / getattr(self.tables, name))
+
+
+def _type_name(tp: object) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of: " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is dict:
+        return "a mapping of strings"
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(key: str, value: object, tp: Any, meta: Mapping[str, object]) -> object:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg, meta)
+            except ConfigError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(key, value, _type_name(tp))
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(key, value, [str(a) for a in get_args(tp)])
+        return value
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, value, "a mapping of strings")
+        return {str(k): str(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, value, "true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, value, _bounds_text("an integer", meta))
+        _check_bounds(key, value, meta)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, value, _bounds_text("a number", meta))
+        _check_bounds(key, float(value), meta)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, value, "a string")
+        pattern = meta.get("pattern")
+        if isinstance(pattern, str) and not re.fullmatch(pattern, value):
+            raise ConfigError(key, value, f"a string matching {pattern}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug in this module
+
+
+def _bounds_text(kind: str, meta: Mapping[str, object]) -> str:
+    lo, hi = meta.get("minimum"), meta.get("maximum")
+    if lo is not None and hi is not None:
+        return f"{kind} from {lo} to {hi}"
+    if lo is not None:
+        return f"{kind} >= {lo}"
+    if hi is not None:
+        return f"{kind} <= {hi}"
+    return kind
+
+
+def _check_bounds(key: str, value: float, meta: Mapping[str, object]) -> None:
+    lo, hi = meta.get("minimum"), meta.get("maximum")
+    if (isinstance(lo, int | float) and value < lo) or (isinstance(hi, int | float) and value > hi):
+        raise ConfigError(key, value, _bounds_text("a number", meta))
+
+
+def _build(cls: Any, data: object, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(prefix or "<top level>", data, "a mapping of keys")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise ConfigError(key, data[unknown[0]], f"known keys here: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(key, value, hints[name], fields[name].metadata)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Mapping[str, object] | None) -> PipelineConfig:
+    """Build and validate a :class:`PipelineConfig` from plain data (parsed YAML)."""
+    return _build(PipelineConfig, data or {}, "")
+
+
+def load_config(path: str | Path | None = None) -> PipelineConfig:
+    """Load the pipeline config.
+
+    ``path`` None means ``conf/pipeline.yaml`` when it exists in the working directory, else the
+    built-in defaults (which are the same values).
+    """
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.exists():
+            return PipelineConfig()
+        path = DEFAULT_CONFIG_PATH
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("--conf", str(path), "an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError("--conf", str(path), f"valid YAML ({exc})") from None
+    return config_from_dict(data)
+
+
+def with_overrides(config: PipelineConfig, **changes: object) -> PipelineConfig:
+    """Return a copy of ``config`` with top-level fields replaced (None values are ignored)."""
+    return dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
+
+
+def to_dict(config: PipelineConfig) -> dict[str, object]:
+    """The config as plain data, suitable for YAML/JSON and for hashing."""
+    return dataclasses.asdict(config)

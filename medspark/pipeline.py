@@ -1,0 +1,226 @@
+"""The medspark flow as DataFrame -> DataFrame steps, and the jobs that compose them.
+
+Ingestion::
+
+    read_instances ─► split_instances ─┬─► deidentify_scans ─► resolve_duplicates ─► scans
+                                       └──────────────────────────────┴──────────► ingest_errors
+
+Every input item ends in exactly one of ``scans`` or ``ingest_errors``: the data source emits
+one row per item, :func:`split_instances` partitions those rows on ``error_class``, and
+:func:`resolve_duplicates` moves any row it does not keep to the errors with its reason.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from medspark.config import PipelineConfig
+from medspark.dicom.deid import deidentify_scans
+from medspark.sources import dicom_source
+from medspark.tables.schemas import HEADER_FIELDS, SOURCE_FIELDS
+from medspark.tables.writers import merge_into
+
+DUPLICATE_SOP = "duplicate_sop_instance"
+DUPLICATE_COPY = "duplicate_copy"
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC time plus random suffix."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+def read_instances(spark: Any, sources: Sequence[str], config: PipelineConfig) -> DataFrame:
+    """Read scan inputs with the ``dicom`` data source: one row per item, header or error."""
+    dicom_source.register(spark)
+    ingest = config.ingest
+    partitions = ingest.min_partitions or 2 * spark.sparkContext.defaultParallelism
+    return (
+        spark.read.format(dicom_source.NAME)
+        .option("numPartitions", partitions)
+        .option("maxPartitionBytes", ingest.max_partition_bytes)
+        .option("maxItemBytes", ingest.max_item_bytes)
+        .option("maxArchiveDepth", ingest.max_archive_depth)
+        .load(list(sources))
+    )
+
+
+def split_instances(instances: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """Split data-source rows into scan candidates and errors (``error_class`` is null or not)."""
+    candidates = instances.where(F.col("error_class").isNull()).select(
+        [f.name for f in HEADER_FIELDS + SOURCE_FIELDS]
+    )
+    errors = instances.where(F.col("error_class").isNotNull()).select(
+        *[f.name for f in SOURCE_FIELDS],
+        "error_class",
+        F.col("error_message").alias("message"),
+    )
+    return candidates, errors
+
+
+def _location(uri: Any, member: Any) -> Any:
+    return F.when(member.isNull(), uri).otherwise(F.concat(uri, F.lit("!"), member))
+
+
+def resolve_duplicates(
+    candidates: DataFrame, existing: DataFrame | None
+) -> tuple[DataFrame, DataFrame]:
+    """Keep one item per SOP Instance UID (0008,0018); the others become error rows.
+
+    The choice is deterministic: an instance already in ``scans`` keeps its source (a re-run of
+    the same item updates that row); otherwise the item with the smallest ``source_uri``, then
+    ``archive_member`` (loose file first), is kept. A rejected item with the same SHA-256 as the
+    kept one is ``duplicate_copy`` (the same file twice); with different content it is
+    ``duplicate_sop_instance``, which usually means a UID generator reused a value. The message
+    names the kept source.
+    """
+    if existing is not None:
+        prior = existing.select(
+            F.col("sop_instance_uid"),
+            F.col("source_uri").alias("_e_uri"),
+            F.col("archive_member").alias("_e_member"),
+            F.col("sha256").alias("_e_sha"),
+        )
+        joined = candidates.join(prior, "sop_instance_uid", "left")
+    else:
+        joined = (
+            candidates.withColumn("_e_uri", F.lit(None).cast("string"))
+            .withColumn("_e_member", F.lit(None).cast("string"))
+            .withColumn("_e_sha", F.lit(None).cast("string"))
+        )
+    window = Window.partitionBy("sop_instance_uid").orderBy(
+        F.col("source_uri").asc(), F.col("archive_member").asc_nulls_first()
+    )
+    ranked = (
+        joined.withColumn("_first_uri", F.first("source_uri").over(window))
+        .withColumn("_first_member", F.first("archive_member").over(window))
+        .withColumn("_first_sha", F.first("sha256").over(window))
+        .withColumn("_kept_uri", F.coalesce("_e_uri", "_first_uri"))
+        .withColumn(
+            "_kept_member",
+            F.when(F.col("_e_uri").isNotNull(), F.col("_e_member")).otherwise(
+                F.col("_first_member")
+            ),
+        )
+        .withColumn(
+            "_kept_sha",
+            F.when(F.col("_e_uri").isNotNull(), F.col("_e_sha")).otherwise(F.col("_first_sha")),
+        )
+        .withColumn(
+            "_keep",
+            F.col("source_uri").eqNullSafe(F.col("_kept_uri"))
+            & F.col("archive_member").eqNullSafe(F.col("_kept_member")),
+        )
+    )
+    helper_cols = [c for c in ranked.columns if c.startswith("_")]
+    kept = ranked.where("_keep").drop(*helper_cols)
+    same = F.col("sha256").eqNullSafe(F.col("_kept_sha"))
+    rejected = ranked.where(~F.col("_keep")).select(
+        *[f.name for f in SOURCE_FIELDS],
+        F.when(same, F.lit(DUPLICATE_COPY)).otherwise(F.lit(DUPLICATE_SOP)).alias("error_class"),
+        F.concat(
+            _location(F.col("source_uri"), F.col("archive_member")),
+            F.lit(": SOP Instance UID "),
+            F.col("sop_instance_uid"),
+            F.when(same, F.lit(" is an identical copy of ")).otherwise(
+                F.lit(" is already taken by different content in ")
+            ),
+            _location(F.col("_kept_uri"), F.col("_kept_member")),
+            F.lit(" (kept)"),
+        ).alias("message"),
+    )
+    return kept, rejected
+
+
+@dataclass
+class IngestResult:
+    """What an ingest run did; printed as the end-of-run summary."""
+
+    run_id: str
+    items: int
+    scans_inserted: int
+    scans_updated: int
+    errors_by_class: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def errors(self) -> int:
+        return sum(self.errors_by_class.values())
+
+    @property
+    def scans(self) -> int:
+        return self.items - self.errors
+
+    def summary(self) -> str:
+        lines = [
+            f"run {self.run_id}: {self.items} item(s) read in {self.seconds:.1f} s",
+            f"  scans:  {self.scans} instance(s) "
+            f"({self.scans_inserted} new, {self.scans_updated} already present, updated)",
+            f"  errors: {self.errors}",
+        ]
+        for cls, n in sorted(self.errors_by_class.items()):
+            lines.append(f"    {cls:<24} {n}")
+        return "\n".join(lines)
+
+
+def _existing(spark: Any, path: str) -> DataFrame | None:
+    from delta.tables import DeltaTable
+
+    if DeltaTable.isDeltaTable(spark, path):
+        return spark.read.format("delta").load(path)
+    return None
+
+
+def ingest(
+    spark: Any, sources: Sequence[str], config: PipelineConfig, run_id: str | None = None
+) -> IngestResult:
+    """Ingest scan inputs into the ``scans`` and ``ingest_errors`` Delta tables.
+
+    Idempotent: MERGE on ``sop_instance_uid`` for scans and on ``source_uri`` +
+    ``archive_member`` for errors. Bad inputs become error rows; only a failure of the job
+    itself (Spark, the warehouse) raises.
+    """
+    start = time.monotonic()
+    run_id = run_id or new_run_id()
+    scans_path = config.table_path("scans")
+    errors_path = config.table_path("ingest_errors")
+
+    instances = read_instances(spark, sources, config).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        items = instances.count()
+        candidates, read_errors = split_instances(instances)
+        scans, duplicate_errors = resolve_duplicates(
+            deidentify_scans(candidates), _existing(spark, scans_path)
+        )
+        stamp = {"run_id": F.lit(run_id), "ingested_at": F.current_timestamp()}
+        errors = (
+            read_errors.unionByName(duplicate_errors)
+            .withColumn("run_id", F.lit(run_id))
+            .withColumn("recorded_at", F.current_timestamp())
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        by_class = {
+            r["error_class"]: int(r["n"])
+            for r in errors.groupBy("error_class").agg(F.count("*").alias("n")).collect()
+        }
+        scan_metrics = merge_into(spark, scans.withColumns(stamp), scans_path, "scans")
+        merge_into(spark, errors, errors_path, "ingest_errors")
+        errors.unpersist()
+    finally:
+        instances.unpersist()
+    return IngestResult(
+        run_id=run_id,
+        items=items,
+        scans_inserted=scan_metrics.get("numTargetRowsInserted", 0),
+        scans_updated=scan_metrics.get("numTargetRowsUpdated", 0),
+        errors_by_class=by_class,
+        seconds=time.monotonic() - start,
+    )

@@ -1,0 +1,181 @@
+"""Building the SparkSession: Delta, Arrow, the worker interpreter, local defaults.
+
+Only ``jobs/`` and the CLI call :func:`build_session`; library code receives ``spark``.
+
+Delta's jars come from Maven Central, not from PyPI. The first start resolves the whole
+dependency closure of ``io.delta:delta-spark_<spark>_<scala>`` through Spark's Ivy into
+``~/.cache/medspark/ivy`` (``MEDSPARK_CACHE`` moves it) and records the resolved jar files in a
+manifest; later starts pass those files with ``spark.jars`` and fetch nothing.
+
+Under ``spark-submit`` the JVM already exists and its classpath can no longer change, so the
+Delta jars must come with the submit command (``--packages``); :func:`build_session` then checks
+that they are there and says what to add if not.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from medspark.config import SparkConfig
+from medspark.errors import EnvironmentProblem
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+
+
+def cache_dir() -> Path:
+    """Where medspark caches jars (and, later, other downloads)."""
+    return Path(os.environ.get("MEDSPARK_CACHE", Path.home() / ".cache" / "medspark"))
+
+
+def delta_coordinates() -> str:
+    """Maven coordinates of the delta-spark jar matching the installed pyspark and delta-spark."""
+    from importlib.metadata import version
+
+    import pyspark
+
+    spark_mm = ".".join(pyspark.__version__.split(".")[:2])
+    return f"io.delta:delta-spark_{spark_mm}_2.13:{version('delta-spark')}"
+
+
+def _manifest_path(coords: str) -> Path:
+    return cache_dir() / "jars" / (coords.replace(":", "_") + ".txt")
+
+
+def cached_delta_jars(coords: str) -> list[str] | None:
+    """The jar files resolved by an earlier start, or None if any is missing."""
+    manifest = _manifest_path(coords)
+    if not manifest.is_file():
+        return None
+    jars = [line.strip() for line in manifest.read_text().splitlines() if line.strip()]
+    if not jars or not all(Path(j).is_file() for j in jars):
+        return None
+    return jars
+
+
+def _record_delta_jars(coords: str, spark_jars: str) -> None:
+    jars = [j.removeprefix("file://") for j in spark_jars.split(",") if j.strip()]
+    if jars and all(Path(j).is_file() for j in jars):
+        manifest = _manifest_path(coords)
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text("\n".join(jars) + "\n")
+
+
+def check_java() -> None:
+    """Fail with one clear line when no Java runtime can be found."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and Path(java_home, "bin", "java").exists():
+        return
+    if shutil.which("java"):
+        return
+    raise EnvironmentProblem(
+        "Java was not found: Spark needs a Java 17 runtime. Install one (Debian/Ubuntu: "
+        "apt-get install openjdk-17-jre-headless) or set JAVA_HOME."
+    )
+
+
+def _running_under_spark_submit() -> bool:
+    # spark-submit starts the JVM first and hands pyspark the gateway port.
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def base_conf(config: SparkConfig) -> dict[str, str]:
+    """Spark properties medspark sets, before the user's own ``spark.conf`` entries."""
+    conf = {
+        "spark.sql.extensions": DELTA_EXTENSION,
+        "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
+        # Python workers must run the driver's interpreter, or imports fail inside UDFs.
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(config.arrow_max_records_per_batch),
+        "spark.sql.shuffle.partitions": str(config.shuffle_partitions),
+        # Delta reconstructs table state with 50 partitions by default: far too many here.
+        "spark.databricks.delta.snapshotPartitions": str(max(1, config.shuffle_partitions)),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.driver.memory": config.driver_memory,
+        "spark.ui.showConsoleProgress": "false",
+        "spark.python.worker.reuse": "true",
+        "spark.sql.sources.partitionOverwriteMode": "dynamic",
+    }
+    if config.master.startswith("local"):
+        conf["spark.driver.host"] = "127.0.0.1"
+        conf["spark.driver.bindAddress"] = "127.0.0.1"
+    return conf
+
+
+def build_session(
+    config: SparkConfig | None = None,
+    *,
+    master: str | None = None,
+    extra_conf: dict[str, str] | None = None,
+) -> Any:
+    """Build (or, under spark-submit, adopt) a SparkSession with Delta enabled.
+
+    ``master`` and ``extra_conf`` override the config (they come from ``--master`` and
+    ``--spark-conf``). Returns the session; raises :class:`EnvironmentProblem` with one clear
+    line when Java or the Delta jars are missing.
+    """
+    from pyspark.errors import PySparkRuntimeError
+    from pyspark.sql import SparkSession
+
+    config = config or SparkConfig()
+    master = master or config.master
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    conf = base_conf(SparkConfig(**{**config.__dict__, "master": master}))
+    conf.update(config.conf)
+    conf.update(extra_conf or {})
+
+    builder = SparkSession.builder.appName(config.app_name)
+    submitted = _running_under_spark_submit()
+    coords = delta_coordinates()
+    if not submitted:
+        check_java()
+        if master.startswith("local"):
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        builder = builder.master(master)
+        jars = cached_delta_jars(coords)
+        if jars:
+            conf["spark.jars"] = ",".join([*jars, *filter(None, [conf.get("spark.jars")])])
+        else:
+            conf["spark.jars.packages"] = ",".join(
+                filter(None, [coords, conf.get("spark.jars.packages")])
+            )
+            conf.setdefault("spark.jars.ivy", str(cache_dir() / "ivy"))
+    for key, value in conf.items():
+        if submitted and key in ("spark.driver.memory", "spark.pyspark.driver.python"):
+            continue  # fixed by spark-submit before Python started
+        builder = builder.config(key, value)
+    try:
+        spark = builder.getOrCreate()
+    except PySparkRuntimeError as exc:
+        raise EnvironmentProblem(
+            f"Spark could not start ({exc.getErrorClass()}). If the log above shows "
+            f"'unresolved dependency', the Delta jars ({coords}) could not be fetched from "
+            f"Maven Central into {cache_dir() / 'ivy'}: connect once, or set MEDSPARK_CACHE "
+            "to a cache filled elsewhere."
+        ) from None
+    spark.sparkContext.setLogLevel(config.log_level)
+    if submitted:
+        _require_delta_classes(spark, coords)
+    elif not cached_delta_jars(coords):
+        _record_delta_jars(coords, spark.sparkContext.getConf().get("spark.jars", ""))
+    return spark
+
+
+def _require_delta_classes(spark: Any, coords: str) -> None:
+    jvm = spark.sparkContext._jvm
+    try:
+        jvm.java.lang.Class.forName(
+            DELTA_EXTENSION, True, jvm.java.lang.Thread.currentThread().getContextClassLoader()
+        )
+    except Exception:  # noqa: BLE001 - py4j wraps ClassNotFoundException
+        raise EnvironmentProblem(
+            f"Delta classes are not on the classpath: add '--packages {coords}' (or the "
+            "jars with --jars) to spark-submit."
+        ) from None

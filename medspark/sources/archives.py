@@ -1,0 +1,418 @@
+"""Safe, in-memory iteration over scan inputs: loose files, zip, tar, tar.gz and gzip.
+
+Nothing is ever extracted to disk: members are read into memory one at a time, so a member
+name such as ``../../etc/passwd`` can never write anywhere, and memory holds one item, not a
+whole archive. Every input item ends as exactly one :class:`Item`: either with its bytes, or
+with an ``error_class`` and a message naming the reason. A broken archive yields the members
+it could read and then one error item for the archive itself (``archive_member`` None).
+
+Error classes produced here:
+
+``unreadable``            the file could not be opened or read (permissions, vanished)
+``empty_file``            zero bytes
+``broken_archive``        the container itself is corrupt or truncated
+``corrupt_member``        a member failed its CRC or could not be decompressed
+``encrypted_member``      a zip member is encrypted (no password is ever tried)
+``unsafe_member``         absolute name or ``..`` in the name, link or device in a tar
+``too_large``             an item larger than ``max_item_bytes``
+``nested_too_deep``       an archive inside archives deeper than ``max_archive_depth``
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import posixpath
+import stat
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+GZIP_MAGIC = b"\x1f\x8b"
+_TAR_MAGIC_OFFSET = 257
+
+ContainerKind = Literal["zip", "tar", "gzip", "plain"]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input item: a loose file or an archive member, with its bytes or its error."""
+
+    source_uri: str
+    archive_member: str | None
+    data: bytes | None = None
+    error_class: str | None = None
+    message: str | None = None
+
+    @property
+    def location(self) -> str:
+        """``uri`` or ``uri!member``, the form used in messages."""
+        return self.source_uri if self.archive_member is None else (
+            f"{self.source_uri}!{self.archive_member}"
+        )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds applied while reading; exceeding one produces an error item, never a crash."""
+
+    max_item_bytes: int = 2 * 1024**3
+    max_archive_depth: int = 2
+
+
+@dataclass(frozen=True)
+class InputUnit:
+    """A slice of work for one partition: a file, or a range of members of a large zip."""
+
+    path: str
+    size: int
+    member_range: tuple[int, int] | None = None  # [start, stop) over the zip's file entries
+
+
+def to_uri(path: str | os.PathLike[str]) -> str:
+    """Absolute ``file://`` URI of a local path (the ``source_uri`` column)."""
+    return Path(path).absolute().as_uri()
+
+
+def sniff(head: bytes) -> ContainerKind:
+    """Classify bytes by their magic numbers, not by the file name.
+
+    Hospital exports often lack extensions, and a ``.dcm`` name says nothing about the content.
+    """
+    if head[:4] in ZIP_MAGIC:
+        return "zip"
+    if head[:2] == GZIP_MAGIC:
+        return "gzip"
+    if len(head) >= _TAR_MAGIC_OFFSET + 5 and head[_TAR_MAGIC_OFFSET : _TAR_MAGIC_OFFSET + 5] == (
+        b"ustar"
+    ):
+        return "tar"
+    return "plain"
+
+
+def list_files(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[tuple[str, int]], list[Item]]:
+    """Expand directories recursively into ``(path, size)`` pairs, sorted for determinism.
+
+    Symbolic links are not followed (a link in a landing folder may point anywhere). A path that
+    does not exist or cannot be listed becomes an error item instead of stopping the job.
+    """
+    found: list[tuple[str, int]] = []
+    errors: list[Item] = []
+    for raw in paths:
+        path = os.path.abspath(os.fspath(raw))
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            errors.append(Item(to_uri(path), None, error_class="unreadable", message=str(exc)))
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            for root, dirs, files in os.walk(path, followlinks=False):
+                dirs.sort()
+                for name in sorted(files):
+                    full = os.path.join(root, name)
+                    try:
+                        fst = os.lstat(full)
+                    except OSError as exc:
+                        errors.append(
+                            Item(to_uri(full), None, error_class="unreadable", message=str(exc))
+                        )
+                        continue
+                    if stat.S_ISREG(fst.st_mode):
+                        found.append((full, fst.st_size))
+                    else:
+                        errors.append(
+                            Item(
+                                to_uri(full),
+                                None,
+                                error_class="unsafe_member",
+                                message="not a regular file (symbolic link or device); not followed",
+                            )
+                        )
+        elif stat.S_ISREG(st.st_mode):
+            found.append((path, st.st_size))
+        else:
+            errors.append(
+                Item(
+                    to_uri(path),
+                    None,
+                    error_class="unsafe_member",
+                    message="not a regular file (symbolic link or device); not followed",
+                )
+            )
+    unique = sorted(dict(found).items())
+    return unique, errors
+
+
+def plan_units(files: list[tuple[str, int]], max_partition_bytes: int) -> list[InputUnit]:
+    """Turn files into work units; a zip larger than ``max_partition_bytes`` is split by member.
+
+    A zip's central directory makes its members addressable, so a big zip can be read by
+    several partitions at once. Tar and gzip streams cannot be split without reading them, so
+    each is one unit (read as a stream, member by member).
+    """
+    units: list[InputUnit] = []
+    for path, size in files:
+        if size > max_partition_bytes and _is_zip(path):
+            units.extend(_split_zip(path, size, max_partition_bytes))
+        else:
+            units.append(InputUnit(path, size))
+    return units
+
+
+def _is_zip(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return sniff(fh.read(4)) == "zip"
+    except OSError:
+        return False
+
+
+def _split_zip(path: str, size: int, max_partition_bytes: int) -> list[InputUnit]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = [i for i in zf.infolist() if not i.is_dir()]
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return [InputUnit(path, size)]  # the executor reports the broken archive
+    units: list[InputUnit] = []
+    start, acc = 0, 0
+    for idx, info in enumerate(infos):
+        acc += info.compress_size
+        if acc >= max_partition_bytes:
+            units.append(InputUnit(path, acc, (start, idx + 1)))
+            start, acc = idx + 1, 0
+    if start < len(infos) or not units:
+        units.append(InputUnit(path, acc, (start, len(infos))))
+    return units
+
+
+def balance(units: list[InputUnit], num_partitions: int) -> list[list[InputUnit]]:
+    """Greedy largest-first bin packing of units into at most ``num_partitions`` bins."""
+    bins: list[list[InputUnit]] = [[] for _ in range(max(1, min(num_partitions, len(units))))]
+    loads = [0] * len(bins)
+    for unit in sorted(units, key=lambda u: (-u.size, u.path, u.member_range or (0, 0))):
+        i = loads.index(min(loads))
+        bins[i].append(unit)
+        loads[i] += max(unit.size, 1)
+    for b in bins:  # read files in path order within a partition (friendlier to disks)
+        b.sort(key=lambda u: (u.path, u.member_range or (0, 0)))
+    return [b for b in bins if b]
+
+
+def iter_unit(unit: InputUnit, limits: Limits) -> Iterator[Item]:
+    """Yield every item of one unit; never raises for bad input."""
+    uri = to_uri(unit.path)
+    try:
+        with open(unit.path, "rb") as fh:
+            head = fh.read(512)
+            fh.seek(0)
+            kind = sniff(head)
+            if kind == "plain":
+                if unit.size > limits.max_item_bytes:
+                    yield _too_large(uri, None, unit.size, limits)
+                    return
+                data = fh.read()
+                yield _plain_item(uri, None, data)
+                return
+            yield from _iter_container(fh, kind, uri, "", 1, limits, unit.member_range)
+    except OSError as exc:
+        yield Item(uri, None, error_class="unreadable", message=f"{uri}: {exc}")
+
+
+def _plain_item(uri: str, member: str | None, data: bytes) -> Item:
+    if not data:
+        where = uri if member is None else f"{uri}!{member}"
+        return Item(uri, member, error_class="empty_file", message=f"{where}: file is empty")
+    return Item(uri, member, data=data)
+
+
+def _too_large(uri: str, member: str | None, size: int, limits: Limits) -> Item:
+    return Item(
+        uri,
+        member,
+        error_class="too_large",
+        message=f"item of {size} bytes exceeds ingest.max_item_bytes={limits.max_item_bytes}",
+    )
+
+
+def _unsafe_name(name: str) -> str | None:
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "absolute member name"
+    parts = name.replace("\\", "/").split("/")
+    if ".." in parts:
+        return "member name escapes the archive ('..')"
+    return None
+
+
+def _member_items(
+    uri: str, prefix: str, name: str, data: bytes, depth: int, limits: Limits
+) -> Iterator[Item]:
+    """An archive member's bytes: a DICOM candidate, or a nested archive to open."""
+    member = prefix + name
+    kind = sniff(data[:512])
+    if kind == "plain":
+        yield _plain_item(uri, member, data)
+        return
+    if depth >= limits.max_archive_depth:
+        yield Item(
+            uri,
+            member,
+            error_class="nested_too_deep",
+            message=(
+                f"{uri}!{member}: archive nested deeper than "
+                f"ingest.max_archive_depth={limits.max_archive_depth}"
+            ),
+        )
+        return
+    yield from _iter_container(io.BytesIO(data), kind, uri, member + "!", depth + 1, limits, None)
+
+
+def _iter_container(
+    fh: BinaryIO,
+    kind: ContainerKind,
+    uri: str,
+    prefix: str,
+    depth: int,
+    limits: Limits,
+    member_range: tuple[int, int] | None,
+) -> Iterator[Item]:
+    archive_member = prefix[:-1] if prefix else None  # the archive itself, for error rows
+    if kind == "zip":
+        yield from _iter_zip(fh, uri, prefix, archive_member, depth, limits, member_range)
+    elif kind in ("tar", "gzip"):
+        yield from _iter_tar_or_gzip(fh, uri, prefix, archive_member, depth, limits)
+
+
+def _iter_zip(
+    fh: BinaryIO,
+    uri: str,
+    prefix: str,
+    archive_member: str | None,
+    depth: int,
+    limits: Limits,
+    member_range: tuple[int, int] | None,
+) -> Iterator[Item]:
+    where = uri if archive_member is None else f"{uri}!{archive_member}"
+    try:
+        zf = zipfile.ZipFile(fh)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        yield Item(uri, archive_member, error_class="broken_archive", message=f"{where}: {exc}")
+        return
+    with zf:
+        infos = [i for i in zf.infolist() if not i.is_dir()]
+        if member_range is not None:
+            infos = infos[member_range[0] : member_range[1]]
+        for info in infos:
+            member = prefix + info.filename
+            reason = _unsafe_name(info.filename)
+            if reason:
+                yield Item(uri, member, error_class="unsafe_member", message=f"{uri}!{member}: {reason}")
+                continue
+            if info.flag_bits & 0x1:
+                yield Item(
+                    uri,
+                    member,
+                    error_class="encrypted_member",
+                    message=f"{uri}!{member}: member is encrypted; not read",
+                )
+                continue
+            if info.file_size > limits.max_item_bytes:
+                yield _too_large(uri, member, info.file_size, limits)
+                continue
+            try:
+                with zf.open(info) as src:
+                    data = src.read(limits.max_item_bytes + 1)
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+                # zipfile raises BadZipFile("Bad CRC-32 ...") for a CRC failure.
+                yield Item(uri, member, error_class="corrupt_member", message=f"{uri}!{member}: {exc}")
+                continue
+            except RuntimeError as exc:  # encrypted entries flagged differently
+                yield Item(uri, member, error_class="encrypted_member", message=f"{uri}!{member}: {exc}")
+                continue
+            if len(data) > limits.max_item_bytes:
+                yield _too_large(uri, member, len(data), limits)
+                continue
+            yield from _member_items(uri, prefix, info.filename, data, depth, limits)
+
+
+def _iter_tar_or_gzip(
+    fh: BinaryIO,
+    uri: str,
+    prefix: str,
+    archive_member: str | None,
+    depth: int,
+    limits: Limits,
+) -> Iterator[Item]:
+    where = uri if archive_member is None else f"{uri}!{archive_member}"
+    try:
+        tf = tarfile.open(fileobj=fh, mode="r|*")
+    except (tarfile.ReadError, OSError, EOFError, gzip.BadGzipFile) as exc:
+        # Not a tar stream. A plain .gz of one file (e.g. a gzipped DICOM) is one item.
+        fh.seek(0)
+        yield from _iter_single_gzip(fh, uri, archive_member, depth, limits, exc)
+        return
+    count = 0
+    try:
+        for info in tf:
+            member = prefix + info.name
+            if info.isdir():
+                continue
+            reason = _unsafe_name(info.name)
+            if info.issym() or info.islnk():
+                reason = f"link to {info.linkname!r}; links are never followed"
+            elif not info.isreg():
+                reason = reason or "device, FIFO or other special member; not read"
+            if reason:
+                yield Item(uri, member, error_class="unsafe_member", message=f"{uri}!{member}: {reason}")
+                continue
+            if info.size > limits.max_item_bytes:
+                yield _too_large(uri, member, info.size, limits)
+                continue
+            src = tf.extractfile(info)
+            data = src.read() if src is not None else b""
+            if len(data) < info.size:
+                raise EOFError(f"member {info.name!r} is truncated ({len(data)} of {info.size} bytes)")
+            count += 1
+            yield from _member_items(uri, prefix, info.name, data, depth, limits)
+    except (tarfile.TarError, OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        yield Item(
+            uri,
+            archive_member,
+            error_class="broken_archive",
+            message=f"{where}: archive is corrupt or truncated after {count} member(s): {exc}",
+        )
+    finally:
+        tf.close()
+
+
+def _iter_single_gzip(
+    fh: BinaryIO,
+    uri: str,
+    archive_member: str | None,
+    depth: int,
+    limits: Limits,
+    tar_error: BaseException,
+) -> Iterator[Item]:
+    where = uri if archive_member is None else f"{uri}!{archive_member}"
+    if fh.read(2) != GZIP_MAGIC:
+        yield Item(uri, archive_member, error_class="broken_archive", message=f"{where}: {tar_error}")
+        return
+    fh.seek(0)
+    try:
+        with gzip.GzipFile(fileobj=fh) as gz:
+            data = gz.read(limits.max_item_bytes + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        yield Item(uri, archive_member, error_class="broken_archive", message=f"{where}: {exc}")
+        return
+    if len(data) > limits.max_item_bytes:
+        yield _too_large(uri, archive_member, len(data), limits)
+        return
+    base = posixpath.basename(archive_member or Path(uri).name)
+    name = base[:-3] if base.lower().endswith(".gz") else base + ".ungz"
+    prefix = "" if archive_member is None else archive_member + "!"
+    yield from _member_items(uri, prefix, name, data, depth, limits)

@@ -1,0 +1,121 @@
+"""Delta table schemas: declared once, here.
+
+Every writer and reader in medspark takes its schema from this module, and the README's table
+reference is checked against it by the tests. Times taken from DICOM are ``timestamp_ntz``:
+DICOM DA/TM values are local wall-clock times without a zone (the optional Timezone Offset From
+UTC (0008,0201) is rarely present), and storing them as zoned timestamps would shift them by the
+reader's session zone.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql.types import (
+    ArrayType,
+    BooleanType,
+    DateType,
+    DoubleType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampNTZType,
+    TimestampType,
+)
+
+
+def _f(name: str, dtype: object, nullable: bool = True, comment: str = "") -> StructField:
+    metadata = {"comment": comment} if comment else {}
+    return StructField(name, dtype, nullable, metadata)  # type: ignore[arg-type]
+
+
+_DOUBLES = ArrayType(DoubleType(), containsNull=False)
+
+#: Where an item came from; identical in ``scans`` and ``ingest_errors``.
+SOURCE_FIELDS: list[StructField] = [
+    _f("source_uri", StringType(), False, "file:// URI of the loose file or of the archive"),
+    _f("archive_member", StringType(), True, "member path inside the archive; null for loose files"),
+    _f("size", LongType(), True, "bytes of the item (uncompressed member size)"),
+    _f("sha256", StringType(), True, "SHA-256 of the item's bytes, hex"),
+]
+
+#: Typed header columns parsed from DICOM (see medspark.dicom.header.parse_header).
+HEADER_FIELDS: list[StructField] = [
+    _f("sop_instance_uid", StringType(), False, "SOP Instance UID (0008,0018); the key"),
+    _f("sop_class_uid", StringType(), True, "SOP Class UID (0008,0016)"),
+    _f("study_instance_uid", StringType(), True, "Study Instance UID (0020,000D)"),
+    _f("series_instance_uid", StringType(), True, "Series Instance UID (0020,000E)"),
+    _f("patient_id", StringType(), True, "Patient ID (0010,0020)"),
+    _f("modality", StringType(), True, "Modality (0008,0060)"),
+    _f("body_part_examined", StringType(), True, "Body Part Examined (0018,0015)"),
+    _f("study_date", DateType(), True, "Study Date (0008,0020)"),
+    _f("study_time", StringType(), True, "Study Time (0008,0030) as HH:MM:SS[.ffffff]"),
+    _f("study_datetime", TimestampNTZType(), True, "Study Date + Study Time, local time"),
+    _f(
+        "acquisition_datetime",
+        TimestampNTZType(),
+        True,
+        "Acquisition DateTime (0008,002A), else Acquisition/Content/Series Date + Time",
+    ),
+    _f("station_name", StringType(), True, "Station Name (0008,1010)"),
+    _f("manufacturer", StringType(), True, "Manufacturer (0008,0070)"),
+    _f("manufacturer_model_name", StringType(), True, "Manufacturer's Model Name (0008,1090)"),
+    _f("institution_name", StringType(), True, "Institution Name (0008,0080)"),
+    _f("rows", IntegerType(), True, "Rows (0028,0010)"),
+    _f("columns", IntegerType(), True, "Columns (0028,0011)"),
+    _f("number_of_frames", IntegerType(), True, "Number of Frames (0028,0008); 1 if absent"),
+    _f("samples_per_pixel", IntegerType(), True, "Samples per Pixel (0028,0002)"),
+    _f("bits_allocated", IntegerType(), True, "Bits Allocated (0028,0100)"),
+    _f("bits_stored", IntegerType(), True, "Bits Stored (0028,0101)"),
+    _f("photometric_interpretation", StringType(), True, "Photometric Interpretation (0028,0004)"),
+    _f("pixel_spacing", _DOUBLES, True, "Pixel Spacing (0028,0030) [row, col] mm"),
+    _f("imager_pixel_spacing", _DOUBLES, True, "Imager Pixel Spacing (0018,1164) [row, col] mm"),
+    _f("slice_thickness", DoubleType(), True, "Slice Thickness (0018,0050) mm"),
+    _f("image_position_patient", _DOUBLES, True, "Image Position (Patient) (0020,0032) mm"),
+    _f("image_orientation_patient", _DOUBLES, True, "Image Orientation (Patient) (0020,0037)"),
+    _f("transfer_syntax_uid", StringType(), True, "Transfer Syntax UID (0002,0010)"),
+    _f("has_pixels", BooleanType(), False, "Pixel Data present (7FE0,0010/0008/0009)"),
+    _f("header_json", StringType(), True, "whole header as DICOM JSON (PS3.18 F), no bulk data"),
+]
+
+#: Output of the ``dicom`` data source: one row per input item, header or error.
+INSTANCES = StructType(
+    SOURCE_FIELDS
+    + [
+        StructField(f.name, f.dataType, True, f.metadata)  # nullable: error rows have no header
+        for f in HEADER_FIELDS
+    ]
+    + [
+        _f("error_class", StringType(), True, "why the item is not a scan; null when it is"),
+        _f("error_message", StringType(), True, "the reason, naming the file"),
+    ]
+)
+
+_RUN_FIELDS: list[StructField] = [
+    _f("run_id", StringType(), False, "the job run that last wrote this row (job_runs.run_id)"),
+]
+
+#: ``scans``: one row per DICOM instance, key ``sop_instance_uid``.
+SCANS = StructType(
+    HEADER_FIELDS
+    + SOURCE_FIELDS
+    + _RUN_FIELDS
+    + [_f("ingested_at", TimestampType(), False, "when this row was written (UTC)")]
+)
+
+#: ``ingest_errors``: one row per input that could not become a scan, key source + member.
+INGEST_ERRORS = StructType(
+    SOURCE_FIELDS
+    + [
+        _f("error_class", StringType(), False, "machine-readable reason, e.g. truncated"),
+        _f("message", StringType(), False, "human-readable reason naming the file"),
+    ]
+    + _RUN_FIELDS
+    + [_f("recorded_at", TimestampType(), False, "when this row was written (UTC)")]
+)
+
+#: Table name (config key under ``tables``) -> (schema, merge key columns).
+TABLES: dict[str, tuple[StructType, tuple[str, ...]]] = {
+    "scans": (SCANS, ("sop_instance_uid",)),
+    "ingest_errors": (INGEST_ERRORS, ("source_uri", "archive_member")),
+}
