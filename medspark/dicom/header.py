@@ -65,9 +65,7 @@ def _truncation(ds: Any, data: bytes) -> str | None:
         if isinstance(elem, RawDataElement):
             length, value = elem.length, elem.value
             if length != _UNDEFINED_LENGTH and isinstance(value, bytes) and len(value) < length:
-                return (
-                    f"element {tag} declares {length} bytes but only {len(value)} are present"
-                )
+                return f"element {tag} declares {length} bytes but only {len(value)} are present"
     pixel = ds._dict.get(0x7FE00010)
     if pixel is None:
         return None
@@ -229,6 +227,7 @@ def header_json(ds: Any, bulk_uri: Callable[[str], str]) -> str:
     (``bulk_uri(tag)``) instead of base64 inline data: a waveform or icon image would otherwise
     bloat every row of an analyst table.
     """
+
     def handler(elem: Any) -> str:
         return bulk_uri(f"{elem.tag:08X}")
 
@@ -299,7 +298,9 @@ def parse_header(data: bytes, location: str) -> dict[str, Any]:
         "modality": _text(ds, "Modality"),
         "body_part_examined": _text(ds, "BodyPartExamined"),
         "study_date": _date(ds.get("StudyDate")),
-        "study_time": _time(ds.get("StudyTime")).isoformat() if _time(ds.get("StudyTime")) else None,
+        "study_time": _time(ds.get("StudyTime")).isoformat()
+        if _time(ds.get("StudyTime"))
+        else None,
         "study_datetime": _datetime(ds.get("StudyDate"), ds.get("StudyTime")),
         "acquisition_datetime": acquisition,
         "station_name": _text(ds, "StationName"),

@@ -53,8 +53,10 @@ class Item:
     @property
     def location(self) -> str:
         """``uri`` or ``uri!member``, the form used in messages."""
-        return self.source_uri if self.archive_member is None else (
-            f"{self.source_uri}!{self.archive_member}"
+        return (
+            self.source_uri
+            if self.archive_member is None
+            else (f"{self.source_uri}!{self.archive_member}")
         )
 
 
@@ -100,53 +102,47 @@ def list_files(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[tuple[str,
     """Expand directories recursively into ``(path, size)`` pairs, sorted for determinism.
 
     Symbolic links are not followed (a link in a landing folder may point anywhere). A path that
-    does not exist or cannot be listed becomes an error item instead of stopping the job.
+    does not exist, cannot be listed or is not a regular file becomes an error item instead of
+    stopping the job.
     """
-    found: list[tuple[str, int]] = []
+    found: dict[str, int] = {}
     errors: list[Item] = []
-    for raw in paths:
-        path = os.path.abspath(os.fspath(raw))
+
+    def not_followed(path: str) -> None:
+        uri = to_uri(path)
+        errors.append(
+            Item(
+                uri,
+                None,
+                error_class="unsafe_member",
+                message=f"{uri}: not a regular file (link or device); not followed",
+            )
+        )
+
+    def visit_file(path: str) -> None:
         try:
             st = os.lstat(path)
         except OSError as exc:
             errors.append(Item(to_uri(path), None, error_class="unreadable", message=str(exc)))
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            for root, dirs, files in os.walk(path, followlinks=False):
-                dirs.sort()
-                for name in sorted(files):
-                    full = os.path.join(root, name)
-                    try:
-                        fst = os.lstat(full)
-                    except OSError as exc:
-                        errors.append(
-                            Item(to_uri(full), None, error_class="unreadable", message=str(exc))
-                        )
-                        continue
-                    if stat.S_ISREG(fst.st_mode):
-                        found.append((full, fst.st_size))
-                    else:
-                        errors.append(
-                            Item(
-                                to_uri(full),
-                                None,
-                                error_class="unsafe_member",
-                                message="not a regular file (symbolic link or device); not followed",
-                            )
-                        )
-        elif stat.S_ISREG(st.st_mode):
-            found.append((path, st.st_size))
+            return
+        if stat.S_ISREG(st.st_mode):
+            found[path] = st.st_size
         else:
-            errors.append(
-                Item(
-                    to_uri(path),
-                    None,
-                    error_class="unsafe_member",
-                    message="not a regular file (symbolic link or device); not followed",
-                )
-            )
-    unique = sorted(dict(found).items())
-    return unique, errors
+            not_followed(path)
+
+    for raw in paths:
+        path = os.path.abspath(os.fspath(raw))
+        if not (os.path.isdir(path) and not os.path.islink(path)):
+            visit_file(path)
+            continue
+        for root, dirs, files in os.walk(path, followlinks=False):
+            for name in [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+                not_followed(os.path.join(root, name))
+                dirs.remove(name)
+            dirs.sort()
+            for name in sorted(files):
+                visit_file(os.path.join(root, name))
+    return sorted(found.items()), errors
 
 
 def plan_units(files: list[tuple[str, int]], max_partition_bytes: int) -> list[InputUnit]:
@@ -311,7 +307,9 @@ def _iter_zip(
             member = prefix + info.filename
             reason = _unsafe_name(info.filename)
             if reason:
-                yield Item(uri, member, error_class="unsafe_member", message=f"{uri}!{member}: {reason}")
+                yield Item(
+                    uri, member, error_class="unsafe_member", message=f"{uri}!{member}: {reason}"
+                )
                 continue
             if info.flag_bits & 0x1:
                 yield Item(
@@ -329,10 +327,14 @@ def _iter_zip(
                     data = src.read(limits.max_item_bytes + 1)
             except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
                 # zipfile raises BadZipFile("Bad CRC-32 ...") for a CRC failure.
-                yield Item(uri, member, error_class="corrupt_member", message=f"{uri}!{member}: {exc}")
+                yield Item(
+                    uri, member, error_class="corrupt_member", message=f"{uri}!{member}: {exc}"
+                )
                 continue
             except RuntimeError as exc:  # encrypted entries flagged differently
-                yield Item(uri, member, error_class="encrypted_member", message=f"{uri}!{member}: {exc}")
+                yield Item(
+                    uri, member, error_class="encrypted_member", message=f"{uri}!{member}: {exc}"
+                )
                 continue
             if len(data) > limits.max_item_bytes:
                 yield _too_large(uri, member, len(data), limits)
@@ -350,7 +352,7 @@ def _iter_tar_or_gzip(
 ) -> Iterator[Item]:
     where = uri if archive_member is None else f"{uri}!{archive_member}"
     try:
-        tf = tarfile.open(fileobj=fh, mode="r|*")
+        tf = tarfile.open(fileobj=fh, mode="r|*")  # noqa: SIM115 - closed in the finally below
     except (tarfile.ReadError, OSError, EOFError, gzip.BadGzipFile) as exc:
         # Not a tar stream. A plain .gz of one file (e.g. a gzipped DICOM) is one item.
         fh.seek(0)
@@ -368,7 +370,9 @@ def _iter_tar_or_gzip(
             elif not info.isreg():
                 reason = reason or "device, FIFO or other special member; not read"
             if reason:
-                yield Item(uri, member, error_class="unsafe_member", message=f"{uri}!{member}: {reason}")
+                yield Item(
+                    uri, member, error_class="unsafe_member", message=f"{uri}!{member}: {reason}"
+                )
                 continue
             if info.size > limits.max_item_bytes:
                 yield _too_large(uri, member, info.size, limits)
@@ -376,7 +380,9 @@ def _iter_tar_or_gzip(
             src = tf.extractfile(info)
             data = src.read() if src is not None else b""
             if len(data) < info.size:
-                raise EOFError(f"member {info.name!r} is truncated ({len(data)} of {info.size} bytes)")
+                raise EOFError(
+                    f"member {info.name!r} is truncated ({len(data)} of {info.size} bytes)"
+                )
             count += 1
             yield from _member_items(uri, prefix, info.name, data, depth, limits)
     except (tarfile.TarError, OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
@@ -400,7 +406,9 @@ def _iter_single_gzip(
 ) -> Iterator[Item]:
     where = uri if archive_member is None else f"{uri}!{archive_member}"
     if fh.read(2) != GZIP_MAGIC:
-        yield Item(uri, archive_member, error_class="broken_archive", message=f"{where}: {tar_error}")
+        yield Item(
+            uri, archive_member, error_class="broken_archive", message=f"{where}: {tar_error}"
+        )
         return
     fh.seek(0)
     try:

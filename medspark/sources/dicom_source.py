@@ -81,7 +81,9 @@ class DicomReader(DataSourceReader):
 
         files, errors = list_files(self.paths)
         units = plan_units(files, self.max_partition_bytes)
-        target = max(self.num_partitions, -(-sum(u.size for u in units) // self.max_partition_bytes))
+        target = max(
+            self.num_partitions, -(-sum(u.size for u in units) // self.max_partition_bytes)
+        )
         bins = balance(units, target) if units else []
         parts: list[InputPartition] = [DicomPartition(b, []) for b in bins]
         if errors:

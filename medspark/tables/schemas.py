@@ -34,7 +34,9 @@ _DOUBLES = ArrayType(DoubleType(), containsNull=False)
 #: Where an item came from; identical in ``scans`` and ``ingest_errors``.
 SOURCE_FIELDS: list[StructField] = [
     _f("source_uri", StringType(), False, "file:// URI of the loose file or of the archive"),
-    _f("archive_member", StringType(), True, "member path inside the archive; null for loose files"),
+    _f(
+        "archive_member", StringType(), True, "member path inside the archive; null for loose files"
+    ),
     _f("size", LongType(), True, "bytes of the item (uncompressed member size)"),
     _f("sha256", StringType(), True, "SHA-256 of the item's bytes, hex"),
 ]

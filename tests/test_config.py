@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medspark.config import PipelineConfig, config_from_dict, load_config
+from medspark.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_yaml_equals_the_defaults():
+    assert load_config(REPO / "conf" / "pipeline.yaml") == PipelineConfig()
+
+
+def test_unknown_key_names_key_and_lists_known_keys():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"ingest": {"max_partition_byte": 10}})
+    text = str(err.value)
+    assert "ingest.max_partition_byte" in text
+    assert "max_partition_bytes" in text  # what is allowed
+
+
+def test_bad_value_names_key_value_and_bound():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"ingest": {"max_archive_depth": 0}})
+    assert err.value.key == "ingest.max_archive_depth"
+    assert err.value.value == 0
+    assert "from 1 to 8" in err.value.allowed
+
+
+def test_wrong_type_and_literal():
+    with pytest.raises(ConfigError, match="spark.shuffle_partitions"):
+        config_from_dict({"spark": {"shuffle_partitions": "many"}})
+    with pytest.raises(ConfigError, match="one of: DEBUG, ERROR, INFO, WARN"):
+        config_from_dict({"spark": {"log_level": "LOUD"}})
+    with pytest.raises(ConfigError, match="tables.scans"):
+        config_from_dict({"tables": {"scans": "drop table"}})
+
+
+def test_values_are_typed():
+    cfg = config_from_dict({"spark": {"conf": {"spark.executor.memory": "2g"}}, "warehouse": "/w"})
+    assert cfg.spark.conf == {"spark.executor.memory": "2g"}
+    assert cfg.table_path("scans") == str(Path("/w") / "scans")
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="--conf"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("spark: [unclosed\n")
+    with pytest.raises(ConfigError, match="valid YAML"):
+        load_config(bad)
