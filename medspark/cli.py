@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("sources", nargs="+", help="directories, DICOM files, zip/tar/tar.gz")
     _common(ingest)
 
+    pre = sub.add_parser(
+        "preprocess", help="decode frames of scans, run the OpenCV chain, write images"
+    )
+    _common(pre)
+
     demo = sub.add_parser("demo", help="build sample data from pydicom's files and run the flow")
     demo.add_argument(
         "--dir", default="medspark-demo", help="where the demo input and warehouse go"
@@ -90,6 +95,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from medspark.pipeline import preprocess
+
+    config = _load(args, str(Path(args.warehouse).absolute()))
+    spark = _session(args, config)
+    try:
+        result = preprocess(spark, config)
+    finally:
+        spark.stop()
+    print(result.summary())
+    print(f"tables: {config.table_path('images')}, {config.table_path('preprocess_errors')}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from medspark.demo import run_demo
 
@@ -102,7 +121,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"ingest": cmd_ingest, "demo": cmd_demo}
+COMMANDS = {"ingest": cmd_ingest, "preprocess": cmd_preprocess, "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

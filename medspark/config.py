@@ -66,12 +66,65 @@ class IngestConfig:
     max_archive_depth: int = field(default=2, metadata=_meta(minimum=1, maximum=8))
 
 
+def _default_steps() -> list[dict[str, Any]]:
+    return [{"op": "median_blur", "ksize": 3}, {"op": "clahe", "clip_limit": 2.0, "tile_grid": 8}]
+
+
+def _default_mask() -> list[dict[str, Any]]:
+    return [{"op": "otsu"}, {"op": "morphology", "operation": "open", "ksize": 3}]
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Decoding to a display image and the OpenCV chain (see medspark.preprocess.chain).
+
+    ``window``: ``auto`` (the file's VOI LUT or Window Center/Width, else min-max), ``minmax``,
+    a preset (brain, lung, bone, abdomen, soft_tissue, mediastinum, liver) or ``[center, width]``.
+    """
+
+    window: str | list[float] = "auto"
+    steps: list[dict[str, Any]] = field(default_factory=_default_steps)
+    mask: list[dict[str, Any]] | None = field(default_factory=_default_mask)
+    output_size: int = field(default=224, metadata=_meta(minimum=8, maximum=4096))
+    thumbnail_size: int = field(default=128, metadata=_meta(minimum=16, maximum=1024))
+    # Frames per output Arrow batch: bounds executor memory for large tensors.
+    frames_per_batch: int = field(default=64, metadata=_meta(minimum=1))
+    # 0 means twice Spark's default parallelism.
+    partitions: int = field(default=0, metadata=_meta(minimum=0))
+
+    def __post_init__(self) -> None:
+        from medspark.dicom.pixels import WINDOW_PRESETS
+        from medspark.preprocess.chain import build_chain
+
+        if isinstance(self.window, str):
+            allowed = ["auto", "minmax", *WINDOW_PRESETS]
+            if self.window not in allowed:
+                raise ConfigError("preprocess.window", self.window, allowed + ["[center, width]"])
+        elif len(self.window) != 2 or not self.window[1] > 0:
+            raise ConfigError("preprocess.window", self.window, "[center, width] with width > 0")
+        build_chain(self.steps, self.mask, self.output_size)  # raises ConfigError naming the key
+
+    def chain(self) -> Any:
+        """The validated :class:`~medspark.preprocess.chain.Chain`."""
+        from medspark.preprocess.chain import build_chain
+
+        return build_chain(self.steps, self.mask, self.output_size)
+
+    def window_value(self) -> str | tuple[float, float]:
+        """``window`` in the form :func:`medspark.dicom.pixels.to_display` takes."""
+        return self.window if isinstance(self.window, str) else (self.window[0], self.window[1])
+
+
 @dataclass(frozen=True)
 class TablesConfig:
     """Delta table names under the warehouse directory."""
 
     scans: str = field(default="scans", metadata=_meta(pattern=_TABLE_NAME.pattern))
     ingest_errors: str = field(default="ingest_errors", metadata=_meta(pattern=_TABLE_NAME.pattern))
+    images: str = field(default="images", metadata=_meta(pattern=_TABLE_NAME.pattern))
+    preprocess_errors: str = field(
+        default="preprocess_errors", metadata=_meta(pattern=_TABLE_NAME.pattern)
+    )
 
 
 @dataclass(frozen=True)
@@ -81,6 +134,7 @@ class PipelineConfig:
     warehouse: str | None = None
     spark: SparkConfig = field(default_factory=SparkConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     tables: TablesConfig = field(default_factory=TablesConfig)
 
     def table_path(self, name: str) -> str:
@@ -128,8 +182,15 @@ def _coerce(key: str, value: object, tp: Any, meta: Mapping[str, object]) -> obj
         return value
     if origin is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(key, value, "a mapping of strings")
+            raise ConfigError(key, value, "a mapping")
+        if get_args(tp)[1] is Any:  # free-form mapping, validated by its owner
+            return {str(k): v for k, v in value.items()}
         return {str(k): str(v) for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(key, value, "a list")
+        (arg,) = get_args(tp)
+        return [_coerce(f"{key}[{i}]", v, arg, {}) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if tp is bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pyspark.sql.types import (
     ArrayType,
+    BinaryType,
     BooleanType,
     DateType,
     DoubleType,
@@ -116,8 +117,91 @@ INGEST_ERRORS = StructType(
     + [_f("recorded_at", TimestampType(), False, "when this row was written (UTC)")]
 )
 
+_FRAME_KEY: list[StructField] = [
+    _f("sop_instance_uid", StringType(), False, "the instance (scans.sop_instance_uid)"),
+    _f("frame", IntegerType(), False, "0-based frame number within the instance"),
+]
+
+#: Per-frame output of the preprocessing UDF, before it is split into images and errors.
+PREPROCESSED = StructType(
+    _FRAME_KEY[:1]
+    + [StructField("frame", IntegerType(), True)]  # null: the whole file failed
+    + [
+        _f("source_uri", StringType(), True, "where the instance was read from (scans.source_uri)"),
+        _f("archive_member", StringType(), True, "member inside the archive; null for loose files"),
+        _f("frame_rows", IntegerType(), True, "rows of the decoded frame"),
+        _f("frame_columns", IntegerType(), True, "columns of the decoded frame"),
+        _f("tensor", BinaryType(), True, "model-ready tensor, C-order bytes"),
+        _f("tensor_shape", ArrayType(IntegerType(), False), True, "tensor shape, e.g. [224, 224]"),
+        _f("tensor_dtype", StringType(), True, "numpy dtype of tensor, e.g. uint8"),
+        _f("thumbnail_png", BinaryType(), True, "displayed frame as PNG, longest side 128"),
+        _f("window", StringType(), True, "display window applied (center/width, preset, minmax)"),
+        _f("mask_area_px", LongType(), True, "foreground pixels of the configured mask"),
+        _f("mask_area_mm2", DoubleType(), True, "mask area in mm2 from the frame's pixel spacing"),
+        _f("mask_area_mm2_reason", StringType(), True, "why mask_area_mm2 is null"),
+        _f("pixel_spacing_source", StringType(), True, "attribute the spacing came from"),
+        _f("mask_components", IntegerType(), True, "8-connected components of the mask"),
+        _f(
+            "mask_mean_intensity",
+            DoubleType(),
+            True,
+            "mean modality value inside the mask (HU for CT; grey for colour)",
+        ),
+        _f("seconds_decode", DoubleType(), True, "decode + modality LUT time of this frame"),
+        _f("seconds_preprocess", DoubleType(), True, "display + OpenCV chain + encode time"),
+        _f("error_class", StringType(), True),
+        _f("error_message", StringType(), True),
+    ]
+)
+
+_PREPROCESSED_BY_NAME = {f.name: f for f in PREPROCESSED.fields}
+
+#: ``images``: one row per decoded frame, key ``sop_instance_uid`` + ``frame``.
+IMAGES = StructType(
+    _FRAME_KEY
+    + [
+        _PREPROCESSED_BY_NAME[n]
+        for n in (
+            "source_uri",
+            "archive_member",
+            "frame_rows",
+            "frame_columns",
+            "tensor",
+            "tensor_shape",
+            "tensor_dtype",
+            "thumbnail_png",
+            "window",
+            "mask_area_px",
+            "mask_area_mm2",
+            "mask_area_mm2_reason",
+            "pixel_spacing_source",
+            "mask_components",
+            "mask_mean_intensity",
+        )
+    ]
+    + [_f("config_hash", StringType(), False, "sha256 of the resolved preprocessing chain")]
+    + _RUN_FIELDS
+    + [_f("processed_at", TimestampType(), False, "when this row was written (UTC)")]
+)
+
+#: ``preprocess_errors``: a frame (or a whole file, frame null) that could not be preprocessed.
+PREPROCESS_ERRORS = StructType(
+    [
+        _f("sop_instance_uid", StringType(), False, "the instance (scans.sop_instance_uid)"),
+        _f("frame", IntegerType(), True, "0-based frame number; null when the whole file failed"),
+        _f("source_uri", StringType(), True),
+        _f("archive_member", StringType(), True),
+        _f("error_class", StringType(), False, "unreadable, undecodable_file, undecodable_frame"),
+        _f("message", StringType(), False, "the reason, naming the file and frame"),
+    ]
+    + _RUN_FIELDS
+    + [_f("recorded_at", TimestampType(), False, "when this row was written (UTC)")]
+)
+
 #: Table name (config key under ``tables``) -> (schema, merge key columns).
 TABLES: dict[str, tuple[StructType, tuple[str, ...]]] = {
     "scans": (SCANS, ("sop_instance_uid",)),
     "ingest_errors": (INGEST_ERRORS, ("source_uri", "archive_member")),
+    "images": (IMAGES, ("sop_instance_uid", "frame")),
+    "preprocess_errors": (PREPROCESS_ERRORS, ("sop_instance_uid", "frame")),
 }

@@ -1,0 +1,205 @@
+"""The preprocessing UDF: thin pandas wrapper over pure numpy functions.
+
+:func:`process_item` turns one DICOM item's bytes into per-frame output rows (pure Python:
+decode with :mod:`medspark.dicom.pixels`, display window, OpenCV chain, mask statistics,
+thumbnail). :func:`preprocess_batches` is the ``mapInPandas`` function: it reads the requested
+items on the executor (:mod:`medspark.sources.members`), so only paths travel in and only the
+small model-ready tensors travel out.
+
+Error classes: ``unreadable`` (the item could not be read again), ``undecodable_file`` (whole
+file: no usable Pixel Data, unsupported encoding), ``undecodable_frame`` (one frame failed; the
+others still produce rows), ``preprocess_failed`` (an op raised on this frame).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+UNREADABLE = "unreadable"
+UNDECODABLE_FILE = "undecodable_file"
+UNDECODABLE_FRAME = "undecodable_frame"
+PREPROCESS_FAILED = "preprocess_failed"
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """Everything an executor needs; pickled into the UDF closure."""
+
+    chain: Any  # medspark.preprocess.chain.Chain
+    window: str | tuple[float, float]
+    thumbnail_size: int
+    frames_per_batch: int
+
+
+def thumbnail_png(image: np.ndarray, size: int) -> bytes:
+    """PNG of ``image`` (uint8 grey or RGB) with its longest side scaled to ``size``."""
+    import cv2
+
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    if scale < 1:
+        image = cv2.resize(
+            image,
+            (max(1, round(w * scale)), max(1, round(h * scale))),
+            interpolation=cv2.INTER_AREA,
+        )
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # PNG encoder expects BGR order
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def _window_text(window: str | tuple[float, float], frame: Any) -> str:
+    if isinstance(window, tuple):
+        return f"center={window[0]:g} width={window[1]:g}"
+    if window == "auto":
+        if frame.voi_lut is not None:
+            return "voi_lut"
+        if frame.window is not None:
+            return f"center={frame.window[0]:g} width={frame.window[1]:g}"
+        return "minmax"
+    return window
+
+
+def _error_row(key: dict[str, Any], frame: int | None, cls: str, message: str) -> dict[str, Any]:
+    return {**key, "frame": frame, "error_class": cls, "error_message": message}
+
+
+def process_item(
+    data: bytes, key: dict[str, Any], settings: PreprocessSettings
+) -> Iterator[dict[str, Any]]:
+    """Yield one output row per frame of one item (or one whole-file error row).
+
+    ``key`` holds ``sop_instance_uid``, ``source_uri`` and ``archive_member``, copied into every
+    row. Never raises for bad pixels: failures become rows with ``error_class``.
+    """
+    from medspark.dicom.pixels import DicomPixelError, iter_frames, to_display
+    from medspark.preprocess.segmentation import mask_stats
+
+    where = key["source_uri"] + (f"!{key['archive_member']}" if key["archive_member"] else "")
+    t0 = time.perf_counter()
+    try:
+        frames = iter_frames(data)
+    except DicomPixelError as exc:
+        yield _error_row(key, None, UNDECODABLE_FILE, f"{where}: {exc}")
+        return
+    except Exception as exc:  # noqa: BLE001 - a decoder bug must not fail the task
+        yield _error_row(key, None, UNDECODABLE_FILE, f"{where}: {type(exc).__name__}: {exc}")
+        return
+    chain = settings.chain
+    while True:
+        try:
+            frame = next(frames)
+        except StopIteration:
+            return
+        except Exception as exc:  # noqa: BLE001 - iteration itself failed: stop this file
+            yield _error_row(key, None, UNDECODABLE_FILE, f"{where}: {type(exc).__name__}: {exc}")
+            return
+        t1 = time.perf_counter()
+        if frame.pixels is None:
+            yield _error_row(
+                key, frame.index, UNDECODABLE_FRAME, f"{where} frame {frame.index}: {frame.error}"
+            )
+            t0 = time.perf_counter()
+            continue
+        try:
+            display = to_display(frame, settings.window)
+            result = chain.apply(display)
+            row: dict[str, Any] = {
+                **key,
+                "frame": frame.index,
+                "frame_rows": int(frame.pixels.shape[0]),
+                "frame_columns": int(frame.pixels.shape[1]),
+                "tensor": np.ascontiguousarray(result.tensor).tobytes(),
+                "tensor_shape": [int(d) for d in result.tensor.shape],
+                "tensor_dtype": str(result.tensor.dtype),
+                "thumbnail_png": thumbnail_png(display, settings.thumbnail_size),
+                "window": _window_text(settings.window, frame),
+                "pixel_spacing_source": frame.spacing_source,
+            }
+            if result.mask is not None:
+                # Mean in modality units (HU for CT) when the mask is at frame resolution.
+                values = frame.pixels if frame.pixels.shape[:2] == result.mask.shape else None
+                if values is None:
+                    stats = None
+                    reason = "mask shape differs from the frame (a resizing step in the chain)"
+                else:
+                    stats = mask_stats(result.mask, values, frame.pixel_spacing)
+                    reason = stats.area_mm2_reason
+                    if frame.pixel_spacing is None:
+                        reason = f"no pixel spacing ({frame.spacing_source})"
+                row.update(
+                    mask_area_px=None if stats is None else stats.area_px,
+                    mask_area_mm2=None if stats is None else stats.area_mm2,
+                    mask_area_mm2_reason=reason,
+                    mask_components=None if stats is None else stats.components,
+                    mask_mean_intensity=None if stats is None else stats.mean_intensity,
+                )
+        except Exception as exc:  # noqa: BLE001 - one bad frame must not fail the task
+            yield _error_row(
+                key,
+                frame.index,
+                PREPROCESS_FAILED,
+                f"{where} frame {frame.index}: {type(exc).__name__}: {exc}",
+            )
+            t0 = time.perf_counter()
+            continue
+        t2 = time.perf_counter()
+        row["seconds_decode"] = t1 - t0
+        row["seconds_preprocess"] = t2 - t1
+        yield row
+        t0 = time.perf_counter()
+
+
+def preprocess_batches(
+    batches: Iterator[Any], settings: PreprocessSettings, columns: list[str]
+) -> Iterator[Any]:
+    """``mapInPandas`` body: rows of (sop_instance_uid, source_uri, archive_member) in,
+    per-frame rows (``columns`` order, schema PREPROCESSED) out, in bounded batches."""
+    import pandas as pd
+
+    from medspark.sources.members import read_items
+
+    def frame(rows: list[dict[str, Any]]) -> Any:
+        # Tuples with explicit None: a key missing from every row would otherwise become an
+        # all-NaN float column, which Arrow cannot convert to the declared string type.
+        return pd.DataFrame.from_records(
+            [tuple(r.get(c) for c in columns) for r in rows], columns=columns
+        )
+
+    out: list[dict[str, Any]] = []
+    for batch in batches:
+        keys: dict[tuple[str, str | None], list[str]] = {}
+        for sop, uri, member in zip(
+            batch["sop_instance_uid"], batch["source_uri"], batch["archive_member"], strict=True
+        ):
+            member = (
+                None
+                if member is None or (isinstance(member, float) and np.isnan(member))
+                else member
+            )
+            keys.setdefault((uri, member), []).append(sop)
+        for (uri, member), content in read_items(keys):
+            for sop in keys[(uri, member)]:
+                key = {"sop_instance_uid": sop, "source_uri": uri, "archive_member": member}
+                if isinstance(content, Exception):
+                    where = uri + (f"!{member}" if member else "")
+                    out.append(_error_row(key, None, UNREADABLE, f"{where}: {content}"))
+                else:
+                    for row in process_item(content, key, settings):
+                        out.append(row)
+                        if len(out) >= settings.frames_per_batch:
+                            yield frame(out)
+                            out = []
+                if len(out) >= settings.frames_per_batch:
+                    yield frame(out)
+                    out = []
+    if out:
+        yield frame(out)
