@@ -116,6 +116,33 @@ class PreprocessConfig:
 
 
 @dataclass(frozen=True)
+class DeidConfig:
+    """De-identification of analyst tables (DICOM PS3.15 Annex E; see medspark.dicom.deid).
+
+    The secret that keys pseudonyms and date shifts comes from the environment variable named
+    by ``secret_env``, else from ``secret_file``, else from a file generated once in the user's
+    config directory (``~/.config/medspark/deid_secret``, mode 0600). Never from the tables.
+    """
+
+    enabled: bool = True
+    secret_env: str = "MEDSPARK_DEID_SECRET"
+    secret_file: str | None = None
+    # Option "Retain Longitudinal Temporal Information with Modified Dates": shift every date by
+    # a per-patient offset derived from the secret, so intervals within a patient stay true.
+    # False removes dates instead (as the Basic Profile does).
+    shift_dates: bool = True
+    max_date_shift_days: int = field(default=365, metadata=_meta(minimum=1, maximum=3650))
+    # Option "Retain Patient Characteristics": age, sex, size, weight.
+    retain_patient_characteristics: bool = False
+    # Keep Station Name, Manufacturer, Model (utilisation is built on them); serials go always.
+    keep_device_identity: bool = True
+    # Private attributes kept, as "(gggg,eeee)" tags with the private creator element block.
+    safe_private_tags: list[str] = field(default_factory=list)
+    # Write restricted_phi_map (original -> pseudonymous ids); for data engineers only.
+    phi_map: bool = False
+
+
+@dataclass(frozen=True)
 class TablesConfig:
     """Delta table names under the warehouse directory."""
 
@@ -124,6 +151,9 @@ class TablesConfig:
     images: str = field(default="images", metadata=_meta(pattern=_TABLE_NAME.pattern))
     preprocess_errors: str = field(
         default="preprocess_errors", metadata=_meta(pattern=_TABLE_NAME.pattern)
+    )
+    restricted_phi_map: str = field(
+        default="restricted_phi_map", metadata=_meta(pattern=r"^restricted_[A-Za-z0-9_]*$")
     )
 
 
@@ -135,6 +165,7 @@ class PipelineConfig:
     spark: SparkConfig = field(default_factory=SparkConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    deid: DeidConfig = field(default_factory=DeidConfig)
     tables: TablesConfig = field(default_factory=TablesConfig)
 
     def table_path(self, name: str) -> str:
