@@ -64,6 +64,10 @@ class IngestConfig:
     max_item_bytes: int = field(default=2048 * _MIB, metadata=_meta(minimum=1024))
     # Archives inside archives are opened down to this depth (1 = no nesting).
     max_archive_depth: int = field(default=2, metadata=_meta(minimum=1, maximum=8))
+    # Decompression-bomb bounds, per top-level archive (nested archives count in it).
+    max_archive_bytes: int = field(default=64 * 1024 * _MIB, metadata=_meta(minimum=_MIB))
+    max_archive_members: int = field(default=1_000_000, metadata=_meta(minimum=1))
+    max_compression_ratio: float = field(default=200.0, metadata=_meta(minimum=1.0))
 
 
 def _default_steps() -> list[dict[str, Any]]:

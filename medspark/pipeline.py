@@ -49,6 +49,9 @@ def read_instances(spark: Any, sources: Sequence[str], config: PipelineConfig) -
         .option("maxPartitionBytes", ingest.max_partition_bytes)
         .option("maxItemBytes", ingest.max_item_bytes)
         .option("maxArchiveDepth", ingest.max_archive_depth)
+        .option("maxArchiveBytes", ingest.max_archive_bytes)
+        .option("maxArchiveMembers", ingest.max_archive_members)
+        .option("maxCompressionRatio", ingest.max_compression_ratio)
         .load(list(sources))
     )
 

@@ -212,3 +212,40 @@ def test_loose_plain_files(tmp_path, content):
         assert item.data == content and item.error_class is None
     else:
         assert item.error_class == "empty_file"
+
+
+def test_zip_bomb_member_is_refused_by_ratio(tmp_path, test_files):
+    ct = (test_files / "CT_small.dcm").read_bytes()
+    path = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("zeros.dcm", b"\0" * (50 * 1024 * 1024))  # ~1000:1
+        zf.writestr("ct.dcm", ct)
+    items = {it.archive_member: it for it in _items(path)}
+    assert items["zeros.dcm"].error_class == "decompression_bomb"
+    assert "max_compression_ratio=200" in items["zeros.dcm"].message
+    assert items["ct.dcm"].data == ct  # the other members are still read
+
+
+def test_tar_gz_bomb_stops_at_ratio_with_one_archive_row(tmp_path):
+    path = tmp_path / "bomb.tar.gz"
+    with tarfile.open(path, "w:gz") as tf:
+        for i in range(4):
+            _tar_add(tf, f"z{i}.dcm", b"\0" * (8 * 1024 * 1024))
+    items = _items(path)
+    assert [(it.archive_member, it.error_class) for it in items] == [(None, "decompression_bomb")]
+    assert "compression ratio" in items[0].message
+
+
+def test_archive_byte_and_member_budgets(tmp_path, test_files):
+    ct = (test_files / "CT_small.dcm").read_bytes()
+    path = tmp_path / "many.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(5):
+            zf.writestr(f"{i}.dcm", ct)
+    items = _items(path, Limits(max_archive_bytes=2 * len(ct) + 10))
+    classes = [it.error_class for it in items]
+    assert classes[:2] == [None, None]
+    assert classes[2:] == ["decompression_bomb"] * 3  # every member still has its row
+    assert "max_archive_bytes" in items[2].message
+    items = _items(path, Limits(max_archive_members=3))
+    assert [(it.archive_member, it.error_class) for it in items] == [(None, "decompression_bomb")]

@@ -16,6 +16,8 @@ Error classes produced here:
 ``unsafe_member``         absolute name or ``..`` in the name, link or device in a tar
 ``too_large``             an item larger than ``max_item_bytes``
 ``nested_too_deep``       an archive inside archives deeper than ``max_archive_depth``
+``decompression_bomb``    a member or archive beyond ``max_compression_ratio``,
+                          ``max_archive_bytes`` or ``max_archive_members``
 """
 
 from __future__ import annotations
@@ -66,6 +68,47 @@ class Limits:
 
     max_item_bytes: int = 2 * 1024**3
     max_archive_depth: int = 2
+    # Bounds against decompression bombs (one top-level archive, nested ones included).
+    max_archive_bytes: int = 64 * 1024**3
+    max_archive_members: int = 1_000_000
+    max_compression_ratio: float = 200.0
+
+
+# Ratios are only judged above this size: tiny members (or blank images) compress very well.
+_RATIO_MIN_BYTES = 1024 * 1024
+BOMB = "decompression_bomb"
+
+
+@dataclass
+class _Budget:
+    """What one top-level unit has unpacked so far, checked against :class:`Limits`."""
+
+    limits: Limits
+    bytes_out: int = 0
+    members: int = 0
+
+    def take(self, n_bytes: int) -> str | None:
+        """Account for one member; return the limit it breaks, or None."""
+        self.members += 1
+        self.bytes_out += n_bytes
+        if self.members > self.limits.max_archive_members:
+            return f"more than ingest.max_archive_members={self.limits.max_archive_members} members"
+        if self.bytes_out > self.limits.max_archive_bytes:
+            return (
+                f"more than ingest.max_archive_bytes={self.limits.max_archive_bytes} bytes unpacked"
+            )
+        return None
+
+    def ratio_problem(self, uncompressed: int, compressed: int) -> str | None:
+        if uncompressed < _RATIO_MIN_BYTES:
+            return None
+        ratio = uncompressed / max(compressed, 1)
+        if ratio > self.limits.max_compression_ratio:
+            return (
+                f"compression ratio {ratio:.0f} exceeds "
+                f"ingest.max_compression_ratio={self.limits.max_compression_ratio:g}"
+            )
+        return None
 
 
 @dataclass(frozen=True)
@@ -215,7 +258,8 @@ def iter_unit(unit: InputUnit, limits: Limits) -> Iterator[Item]:
                 data = fh.read()
                 yield _plain_item(uri, None, data)
                 return
-            yield from _iter_container(fh, kind, uri, "", 1, limits, unit.member_range)
+            budget = _Budget(limits)
+            yield from _iter_container(fh, kind, uri, "", 1, budget, unit.member_range)
     except OSError as exc:
         yield Item(uri, None, error_class="unreadable", message=f"{uri}: {exc}")
 
@@ -246,7 +290,7 @@ def _unsafe_name(name: str) -> str | None:
 
 
 def _member_items(
-    uri: str, prefix: str, name: str, data: bytes, depth: int, limits: Limits
+    uri: str, prefix: str, name: str, data: bytes, depth: int, budget: _Budget
 ) -> Iterator[Item]:
     """An archive member's bytes: a DICOM candidate, or a nested archive to open."""
     member = prefix + name
@@ -254,18 +298,18 @@ def _member_items(
     if kind == "plain":
         yield _plain_item(uri, member, data)
         return
-    if depth >= limits.max_archive_depth:
+    if depth >= budget.limits.max_archive_depth:
         yield Item(
             uri,
             member,
             error_class="nested_too_deep",
             message=(
                 f"{uri}!{member}: archive nested deeper than "
-                f"ingest.max_archive_depth={limits.max_archive_depth}"
+                f"ingest.max_archive_depth={budget.limits.max_archive_depth}"
             ),
         )
         return
-    yield from _iter_container(io.BytesIO(data), kind, uri, member + "!", depth + 1, limits, None)
+    yield from _iter_container(io.BytesIO(data), kind, uri, member + "!", depth + 1, budget, None)
 
 
 def _iter_container(
@@ -274,14 +318,14 @@ def _iter_container(
     uri: str,
     prefix: str,
     depth: int,
-    limits: Limits,
+    budget: _Budget,
     member_range: tuple[int, int] | None,
 ) -> Iterator[Item]:
     archive_member = prefix[:-1] if prefix else None  # the archive itself, for error rows
     if kind == "zip":
-        yield from _iter_zip(fh, uri, prefix, archive_member, depth, limits, member_range)
+        yield from _iter_zip(fh, uri, prefix, archive_member, depth, budget, member_range)
     elif kind in ("tar", "gzip"):
-        yield from _iter_tar_or_gzip(fh, uri, prefix, archive_member, depth, limits)
+        yield from _iter_tar_or_gzip(fh, uri, prefix, archive_member, depth, budget)
 
 
 def _iter_zip(
@@ -290,9 +334,10 @@ def _iter_zip(
     prefix: str,
     archive_member: str | None,
     depth: int,
-    limits: Limits,
+    budget: _Budget,
     member_range: tuple[int, int] | None,
 ) -> Iterator[Item]:
+    limits = budget.limits
     where = uri if archive_member is None else f"{uri}!{archive_member}"
     try:
         zf = zipfile.ZipFile(fh)
@@ -301,10 +346,28 @@ def _iter_zip(
         return
     with zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
+        if len(infos) > limits.max_archive_members:
+            # One row for the whole archive, from the unit that starts it (a split zip's
+            # other units stay silent, so the row is not written twice).
+            if not member_range or member_range[0] == 0:
+                yield Item(
+                    uri,
+                    archive_member,
+                    error_class=BOMB,
+                    message=(
+                        f"{where}: {len(infos)} members, more than "
+                        f"ingest.max_archive_members={limits.max_archive_members}; not read"
+                    ),
+                )
+            return
         if member_range is not None:
             infos = infos[member_range[0] : member_range[1]]
+        stopped: str | None = None
         for info in infos:
             member = prefix + info.filename
+            if stopped:
+                yield Item(uri, member, error_class=BOMB, message=f"{uri}!{member}: {stopped}")
+                continue
             reason = _unsafe_name(info.filename)
             if reason:
                 yield Item(
@@ -322,8 +385,13 @@ def _iter_zip(
             if info.file_size > limits.max_item_bytes:
                 yield _too_large(uri, member, info.file_size, limits)
                 continue
+            ratio = budget.ratio_problem(info.file_size, info.compress_size)
+            if ratio:
+                yield Item(uri, member, error_class=BOMB, message=f"{uri}!{member}: {ratio}")
+                continue
             try:
                 with zf.open(info) as src:
+                    # The header's size may lie: never read more than the limit allows.
                     data = src.read(limits.max_item_bytes + 1)
             except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
                 # zipfile raises BadZipFile("Bad CRC-32 ...") for a CRC failure.
@@ -339,7 +407,12 @@ def _iter_zip(
             if len(data) > limits.max_item_bytes:
                 yield _too_large(uri, member, len(data), limits)
                 continue
-            yield from _member_items(uri, prefix, info.filename, data, depth, limits)
+            over = budget.take(len(data))
+            if over:
+                stopped = f"archive not read further: {over}"
+                yield Item(uri, member, error_class=BOMB, message=f"{uri}!{member}: {stopped}")
+                continue
+            yield from _member_items(uri, prefix, info.filename, data, depth, budget)
 
 
 def _iter_tar_or_gzip(
@@ -348,17 +421,20 @@ def _iter_tar_or_gzip(
     prefix: str,
     archive_member: str | None,
     depth: int,
-    limits: Limits,
+    budget: _Budget,
 ) -> Iterator[Item]:
+    limits = budget.limits
     where = uri if archive_member is None else f"{uri}!{archive_member}"
+    start = fh.tell()
     try:
         tf = tarfile.open(fileobj=fh, mode="r|*")  # noqa: SIM115 - closed in the finally below
     except (tarfile.ReadError, OSError, EOFError, gzip.BadGzipFile) as exc:
         # Not a tar stream. A plain .gz of one file (e.g. a gzipped DICOM) is one item.
-        fh.seek(0)
-        yield from _iter_single_gzip(fh, uri, archive_member, depth, limits, exc)
+        fh.seek(start)
+        yield from _iter_single_gzip(fh, uri, archive_member, depth, budget, exc)
         return
     count = 0
+    unpacked = 0
     try:
         for info in tf:
             member = prefix + info.name
@@ -384,7 +460,17 @@ def _iter_tar_or_gzip(
                     f"member {info.name!r} is truncated ({len(data)} of {info.size} bytes)"
                 )
             count += 1
-            yield from _member_items(uri, prefix, info.name, data, depth, limits)
+            unpacked += len(data)
+            over = budget.take(len(data)) or budget.ratio_problem(unpacked, fh.tell() - start)
+            if over:
+                yield Item(
+                    uri,
+                    archive_member,
+                    error_class=BOMB,
+                    message=f"{where}: archive not read past member {count} ({info.name}): {over}",
+                )
+                return
+            yield from _member_items(uri, prefix, info.name, data, depth, budget)
     except (tarfile.TarError, OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         yield Item(
             uri,
@@ -401,16 +487,18 @@ def _iter_single_gzip(
     uri: str,
     archive_member: str | None,
     depth: int,
-    limits: Limits,
+    budget: _Budget,
     tar_error: BaseException,
 ) -> Iterator[Item]:
+    limits = budget.limits
     where = uri if archive_member is None else f"{uri}!{archive_member}"
+    start = fh.tell()
     if fh.read(2) != GZIP_MAGIC:
         yield Item(
             uri, archive_member, error_class="broken_archive", message=f"{where}: {tar_error}"
         )
         return
-    fh.seek(0)
+    fh.seek(start)
     try:
         with gzip.GzipFile(fileobj=fh) as gz:
             data = gz.read(limits.max_item_bytes + 1)
@@ -420,7 +508,11 @@ def _iter_single_gzip(
     if len(data) > limits.max_item_bytes:
         yield _too_large(uri, archive_member, len(data), limits)
         return
+    over = budget.take(len(data)) or budget.ratio_problem(len(data), fh.tell() - start)
+    if over:
+        yield Item(uri, archive_member, error_class=BOMB, message=f"{where}: {over}")
+        return
     base = posixpath.basename(archive_member or Path(uri).name)
     name = base[:-3] if base.lower().endswith(".gz") else base + ".ungz"
     prefix = "" if archive_member is None else archive_member + "!"
-    yield from _member_items(uri, prefix, name, data, depth, limits)
+    yield from _member_items(uri, prefix, name, data, depth, budget)

@@ -74,6 +74,13 @@ class DicomReader(DataSourceReader):
         self.limits = Limits(
             max_item_bytes=_int_option(options, "maxItemBytes", Limits.max_item_bytes),
             max_archive_depth=_int_option(options, "maxArchiveDepth", Limits.max_archive_depth),
+            max_archive_bytes=_int_option(options, "maxArchiveBytes", Limits.max_archive_bytes),
+            max_archive_members=_int_option(
+                options, "maxArchiveMembers", Limits.max_archive_members
+            ),
+            max_compression_ratio=float(
+                options.get("maxCompressionRatio", Limits.max_compression_ratio)
+            ),
         )
 
     def partitions(self) -> list[InputPartition]:
@@ -136,7 +143,8 @@ class DicomDataSource(DataSource):
     """``spark.read.format("dicom")``: directories, loose files, zip, tar, tar.gz, gzip.
 
     Options: ``numPartitions`` (minimum partitions, default 2), ``maxPartitionBytes``
-    (default 128 MiB), ``maxItemBytes``, ``maxArchiveDepth``.
+    (default 128 MiB), ``maxItemBytes``, ``maxArchiveDepth``, ``maxArchiveBytes``,
+    ``maxArchiveMembers``, ``maxCompressionRatio`` (see :class:`~medspark.sources.archives.Limits`).
     """
 
     @classmethod
