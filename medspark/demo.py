@@ -59,7 +59,7 @@ def build_sample_input(target: Path) -> list[Path]:
 
 def run_demo(spark: Any, config: PipelineConfig, workdir: Path) -> None:
     """Build the sample input under ``workdir/input``, ingest it, and print the outcome."""
-    from medspark.pipeline import ingest
+    from medspark.pipeline import ingest, preprocess
 
     inputs = build_sample_input(workdir / "input")
     print(f"sample input: {workdir / 'input'} (from {pydicom_test_files()})")
@@ -77,4 +77,14 @@ def run_demo(spark: Any, config: PipelineConfig, workdir: Path) -> None:
     errors = spark.read.format("delta").load(config.table_path("ingest_errors"))
     print("ingest_errors:")
     errors.select("error_class", "message").orderBy("error_class").show(50, truncate=110)
+
+    print("preprocessing frames (decode, window, OpenCV chain, mask statistics):")
+    pre = preprocess(spark, config)
+    print(pre.summary())
+    images = spark.read.format("delta").load(config.table_path("images"))
+    images.select(
+        "frame", "tensor_shape", "window", "mask_area_px", "mask_area_mm2", "mask_components"
+    ).orderBy(F.desc("mask_area_px")).show(8, truncate=False)
+    pre_errors = spark.read.format("delta").load(config.table_path("preprocess_errors"))
+    pre_errors.select("frame", "error_class", "message").show(20, truncate=110)
     print(f"warehouse: {config.warehouse}")
