@@ -58,6 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(pre)
 
+    inf = sub.add_parser("infer", help="run a model on the images tensors, write predictions")
+    inf.add_argument("--model", help="model name from inference.models (default: inference.model)")
+    _common(inf)
+
+    ev = sub.add_parser("evaluate", help="compare predictions with labels, write model_metrics")
+    ev.add_argument(
+        "--labels", required=True, help="CSV or Delta table: sop_instance_uid,frame,label"
+    )
+    ev.add_argument("--model", help="model name (default: inference.model)")
+    _common(ev)
+
+    tr = sub.add_parser("train-demo", help="retrain the bundled demonstration model (synthetic)")
+    tr.add_argument("--out", required=True, help="directory for model.pt and model_card.json")
+    tr.add_argument("--epochs", type=int, default=12)
+    tr.add_argument("--n-train", type=int, default=1600)
+
     demo = sub.add_parser("demo", help="build sample data from pydicom's files and run the flow")
     demo.add_argument(
         "--dir", default="medspark-demo", help="where the demo input and warehouse go"
@@ -109,6 +125,51 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_infer(args: argparse.Namespace) -> int:
+    from medspark.pipeline import infer
+
+    config = _load(args, str(Path(args.warehouse).absolute()))
+    config.inference.model_config(args.model)  # unknown name: fail before Spark starts
+    spark = _session(args, config)
+    try:
+        result = infer(spark, config, args.model)
+    finally:
+        spark.stop()
+    print(result.summary())
+    print(f"table: {config.table_path('predictions')}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from medspark.pipeline import evaluate
+
+    config = _load(args, str(Path(args.warehouse).absolute()))
+    spark = _session(args, config)
+    try:
+        rows = evaluate(spark, config, args.labels, args.model)
+    finally:
+        spark.stop()
+    overall = rows[0]
+    print(
+        f"model {overall['model']} v{overall['model_version']}: {overall['support']} labelled "
+        f"frame(s), accuracy {overall['accuracy']}, macro F1 {overall['f1']}, "
+        f"ROC AUC {overall['roc_auc']}; {overall['unmatched_labels']} label(s) without prediction"
+    )
+    print(f"table: {config.table_path('model_metrics')}")
+    return 0
+
+
+def cmd_train_demo(args: argparse.Namespace) -> int:
+    import json
+
+    from medspark.inference.train import train_demo_model
+
+    card = train_demo_model(Path(args.out), n_train=args.n_train, epochs=args.epochs)
+    print(json.dumps(card["held_out_metrics"], indent=2))
+    print(f"model and card written to {args.out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from medspark.demo import run_demo
 
@@ -121,7 +182,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"ingest": cmd_ingest, "preprocess": cmd_preprocess, "demo": cmd_demo}
+COMMANDS = {
+    "ingest": cmd_ingest,
+    "preprocess": cmd_preprocess,
+    "infer": cmd_infer,
+    "evaluate": cmd_evaluate,
+    "train-demo": cmd_train_demo,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

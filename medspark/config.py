@@ -120,6 +120,73 @@ class PreprocessConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """One model that ``medspark infer`` can run (see medspark.inference).
+
+    ``path`` None means the demonstration model bundled with medspark. ``format``:
+    ``torchscript`` (torch.jit.save), ``export`` (torch.export.save, a .pt2 program) or
+    ``state_dict`` (weights for the named ``architecture``). Inputs are the ``images`` tensors:
+    uint8, ``input_size`` [rows, cols] with ``channels`` 1 or 3, scaled as (x - mean) / std.
+    """
+
+    name: str = field(default="medspark-nodule-demo", metadata=_meta(pattern=r"^[\w.-]+$"))
+    version: str = field(default="1", metadata=_meta(pattern=r"^[\w.-]+$"))
+    path: str | None = None
+    format: Literal["torchscript", "export", "state_dict"] = "torchscript"
+    architecture: str | None = None
+    input_size: list[int] = field(default_factory=lambda: [224, 224])
+    channels: int = field(default=1, metadata=_meta(minimum=1, maximum=3))
+    class_names: list[str] = field(default_factory=lambda: ["no_nodule", "nodule"])
+    mean: float = 0.0
+    std: float = field(default=255.0, metadata=_meta(minimum=1e-6))
+
+    def __post_init__(self) -> None:
+        if len(self.input_size) != 2 or min(self.input_size) < 1:
+            raise ConfigError(
+                f"inference.models[{self.name}].input_size", self.input_size, "[rows, cols]"
+            )
+        if self.channels not in (1, 3):
+            raise ConfigError(f"inference.models[{self.name}].channels", self.channels, ["1", "3"])
+        if len(self.class_names) < 2:
+            raise ConfigError(
+                f"inference.models[{self.name}].class_names", self.class_names, "two or more names"
+            )
+        if self.format == "state_dict" and not self.architecture:
+            raise ConfigError(
+                f"inference.models[{self.name}].architecture",
+                None,
+                "an architecture for state_dict files",
+            )
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Batched inference with predict_batch_udf."""
+
+    model: str = "medspark-nodule-demo"  # which entry of ``models`` ``medspark infer`` runs
+    models: list[ModelConfig] = field(default_factory=lambda: [ModelConfig()])
+    batch_size: int = field(default=64, metadata=_meta(minimum=1))
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: bf16 autocast on GPUs that support it, fp32 on CPU.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # Torch threads per Python worker (0 = torch's default); on CPU, cores / tasks per core.
+    torch_threads: int = field(default=0, metadata=_meta(minimum=0))
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.models]
+        if self.model not in names:
+            raise ConfigError("inference.model", self.model, names)
+
+    def model_config(self, name: str | None = None) -> ModelConfig:
+        """The entry of ``models`` called ``name`` (default: ``model``)."""
+        name = name or self.model
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise ConfigError("--model", name, [m.name for m in self.models])
+
+
+@dataclass(frozen=True)
 class DeidConfig:
     """De-identification of analyst tables (DICOM PS3.15 Annex E; see medspark.dicom.deid).
 
@@ -156,6 +223,8 @@ class TablesConfig:
     preprocess_errors: str = field(
         default="preprocess_errors", metadata=_meta(pattern=_TABLE_NAME.pattern)
     )
+    predictions: str = field(default="predictions", metadata=_meta(pattern=_TABLE_NAME.pattern))
+    model_metrics: str = field(default="model_metrics", metadata=_meta(pattern=_TABLE_NAME.pattern))
     restricted_phi_map: str = field(
         default="restricted_phi_map", metadata=_meta(pattern=r"^restricted_[A-Za-z0-9_]*$")
     )
@@ -169,6 +238,7 @@ class PipelineConfig:
     spark: SparkConfig = field(default_factory=SparkConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     deid: DeidConfig = field(default_factory=DeidConfig)
     tables: TablesConfig = field(default_factory=TablesConfig)
 

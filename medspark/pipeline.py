@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from medspark.config import PipelineConfig
-from medspark.dicom.deid import deidentify_scans
+from medspark.dicom.deid import deidentify_scans, phi_map, pseudonymizer_from_config
 from medspark.sources import dicom_source
 from medspark.tables.schemas import HEADER_FIELDS, SOURCE_FIELDS
 from medspark.tables.writers import merge_into
@@ -196,13 +196,24 @@ def ingest(
     scans_path = config.table_path("scans")
     errors_path = config.table_path("ingest_errors")
 
+    pseudonymizer = pseudonymizer_from_config(config.deid)  # None when deid.enabled is false
     instances = read_instances(spark, sources, config).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         items = instances.count()
         candidates, read_errors = split_instances(instances)
+        # The one place between parsing and writing where identity leaves the data.
         scans, duplicate_errors = resolve_duplicates(
-            deidentify_scans(candidates), _existing(spark, scans_path)
+            deidentify_scans(candidates, pseudonymizer), _existing(spark, scans_path)
         )
+        if pseudonymizer is not None and config.deid.phi_map:
+            merge_into(
+                spark,
+                phi_map(candidates, pseudonymizer).withColumns(
+                    {"run_id": F.lit(run_id), "recorded_at": F.current_timestamp()}
+                ),
+                config.table_path("restricted_phi_map"),
+                "restricted_phi_map",
+            )
         stamp = {"run_id": F.lit(run_id), "ingested_at": F.current_timestamp()}
         errors = (
             read_errors.unionByName(duplicate_errors)
@@ -369,3 +380,137 @@ def preprocess(spark: Any, config: PipelineConfig, run_id: str | None = None) ->
         seconds=time.monotonic() - start,
         config_hash=chain_hash,
     )
+
+
+# --------------------------------------------------------------------------------------
+# Inference: images -> predictions
+# --------------------------------------------------------------------------------------
+
+
+def predict_frames(
+    images: DataFrame, config: PipelineConfig, model_name: str | None = None
+) -> DataFrame:
+    """Run the model on every frame's tensor with predict_batch_udf; one row per frame."""
+    from medspark.inference.predict import predict_udf
+
+    model = config.inference.model_config(model_name)
+    udf = predict_udf(config.inference, model)
+    return images.select("sop_instance_uid", "frame", udf(F.col("tensor")).alias("_p")).select(
+        "sop_instance_uid",
+        "frame",
+        F.lit(model.name).alias("model"),
+        F.lit(model.version).alias("model_version"),
+        "_p.label",
+        "_p.score",
+        "_p.probabilities",
+        F.array(*[F.lit(c) for c in model.class_names]).alias("class_names"),
+    )
+
+
+@dataclass
+class InferResult:
+    """What an inference run did."""
+
+    run_id: str
+    model: str
+    model_version: str
+    frames: int
+    inserted: int
+    labels: dict[str, int]
+    seconds: float
+
+    def summary(self) -> str:
+        rate = self.frames / self.seconds if self.seconds > 0 else 0.0
+        lines = [
+            f"run {self.run_id}: model {self.model} v{self.model_version} on {self.frames} "
+            f"frame(s) in {self.seconds:.1f} s ({rate:.1f} images/s); {self.inserted} new row(s)",
+        ]
+        lines += [f"    {label:<24} {n}" for label, n in sorted(self.labels.items())]
+        return "\n".join(lines)
+
+
+def infer(
+    spark: Any, config: PipelineConfig, model_name: str | None = None, run_id: str | None = None
+) -> InferResult:
+    """Read ``images``, write ``predictions`` (MERGE: re-running a model version adds no row).
+
+    The model is checked on the driver first (file, format, input and output shape), so a
+    wrong path or shape fails before any task starts.
+    """
+    from medspark.inference.model import check_model
+
+    start = time.monotonic()
+    run_id = run_id or new_run_id()
+    model = config.inference.model_config(model_name)
+    check_model(model, [config.preprocess.output_size] * 2)
+    images = spark.read.format("delta").load(config.table_path("images"))
+    predictions = predict_frames(images, config, model_name).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        labels = {
+            r["label"]: int(r["n"])
+            for r in predictions.groupBy("label").agg(F.count("*").alias("n")).collect()
+        }
+        metrics = merge_into(
+            spark,
+            predictions.withColumns(
+                {"run_id": F.lit(run_id), "predicted_at": F.current_timestamp()}
+            ),
+            config.table_path("predictions"),
+            "predictions",
+        )
+    finally:
+        predictions.unpersist()
+    return InferResult(
+        run_id=run_id,
+        model=model.name,
+        model_version=model.version,
+        frames=sum(labels.values()),
+        inserted=metrics.get("numTargetRowsInserted", 0),
+        labels=labels,
+        seconds=time.monotonic() - start,
+    )
+
+
+def evaluate(
+    spark: Any,
+    config: PipelineConfig,
+    labels_source: str,
+    model_name: str | None = None,
+    run_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Compare ``predictions`` of one model version with labels; write ``model_metrics``."""
+    from medspark.inference.evaluate import evaluate_predictions, read_labels
+    from medspark.tables.schemas import MODEL_METRICS
+
+    run_id = run_id or new_run_id()
+    model = config.inference.model_config(model_name)
+    predictions = (
+        spark.read.format("delta")
+        .load(config.table_path("predictions"))
+        .where((F.col("model") == model.name) & (F.col("model_version") == model.version))
+    )
+    labels = read_labels(spark, labels_source)
+    pseudonymizer = pseudonymizer_from_config(config.deid)
+    if pseudonymizer is not None:
+        # Labels come from the hospital with original UIDs; the tables hold pseudonyms.
+        labels = labels.withColumn(
+            "sop_instance_uid", F.udf(pseudonymizer.uid, "string")("sop_instance_uid")
+        )
+    rows = evaluate_predictions(predictions, labels, model.class_names)
+    full = [
+        {
+            **{f.name: None for f in MODEL_METRICS.fields},
+            **r,
+            "run_id": run_id,
+            "model": model.name,
+            "model_version": model.version,
+            "labels_source": labels_source,
+            "evaluated_at": datetime.now(timezone.utc),
+        }
+        for r in rows
+    ]
+    df = spark.createDataFrame(
+        [tuple(r[f.name] for f in MODEL_METRICS.fields) for r in full], MODEL_METRICS
+    )
+    merge_into(spark, df, config.table_path("model_metrics"), "model_metrics")
+    return full

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pydicom
 import pytest
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+# A fixed de-identification secret for the whole run: pseudonyms are reproducible in tests and
+# nothing is written to the user's config directory. test_deid.py covers the other sources.
+os.environ.setdefault("MEDSPARK_DEID_SECRET", "medspark-test-secret")
+
+
+@pytest.fixture(scope="session")
+def pseudo():
+    """The pseudonymizer the pipeline uses with the default config and the test secret."""
+    from medspark.config import PipelineConfig
+    from medspark.dicom.deid import pseudonymizer_from_config
+
+    return pseudonymizer_from_config(PipelineConfig().deid)
 
 
 @pytest.fixture(scope="session")

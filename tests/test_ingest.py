@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import tarfile
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
+from pyspark.sql import functions as F
 
 from medspark.config import PipelineConfig, with_overrides
 from medspark.pipeline import ingest
@@ -99,10 +101,13 @@ def test_rerun_changes_no_row_count(spark, warehouse):
     assert run_ids == {second.run_id}
 
 
-def test_ct_small_typed_columns(spark, layout, warehouse):
+CT_SMALL_SOP = "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"
+
+
+def test_ct_small_typed_columns(spark, layout, warehouse, pseudo):
     rows = (
         _table(spark, warehouse, "scans")
-        .where("sop_instance_uid = '1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322'")
+        .where(F.col("sop_instance_uid") == pseudo.uid(CT_SMALL_SOP))
         .collect()
     )
     assert len(rows) == 1
@@ -110,7 +115,10 @@ def test_ct_small_typed_columns(spark, layout, warehouse):
     assert ct.modality == "CT" and (ct.rows, ct.columns) == (128, 128)
     assert ct.pixel_spacing == pytest.approx([0.661468, 0.661468])
     assert ct.slice_thickness == pytest.approx(5.0)
-    assert str(ct.study_date) == "2004-01-19"
+    # Study Date (0008,0020) 2004-01-19, shifted back by the patient's secret offset.
+    shift = pseudo.date_shift_days(ct.patient_id)
+    assert str(ct.study_date) == str(datetime.date(2004, 1, 19) + datetime.timedelta(days=shift))
+    assert ct.patient_id != "1CT1" and ct.institution_name is None
     assert ct.has_pixels is True
     assert (
         len(ct.sha256) == 64

@@ -90,12 +90,9 @@ def test_rerun_adds_no_rows(spark, processed):
     assert second.errors_by_class == first.errors_by_class
 
 
-def test_tensor_thumbnail_and_stats_of_ct_small(spark, processed, test_files):
-    row = (
-        _load(spark, processed, "images")
-        .where("sop_instance_uid = '1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322'")
-        .collect()
-    )
+def test_tensor_thumbnail_and_stats_of_ct_small(spark, processed, test_files, pseudo):
+    sop = pseudo.uid("1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322")
+    row = _load(spark, processed, "images").where(f"sop_instance_uid = '{sop}'").collect()
     assert len(row) == 1
     row = row[0]
     assert row.tensor_shape == [224, 224] and row.tensor_dtype == "uint8"

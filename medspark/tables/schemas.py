@@ -15,6 +15,7 @@ from pyspark.sql.types import (
     BooleanType,
     DateType,
     DoubleType,
+    FloatType,
     IntegerType,
     LongType,
     StringType,
@@ -198,10 +199,74 @@ PREPROCESS_ERRORS = StructType(
     + [_f("recorded_at", TimestampType(), False, "when this row was written (UTC)")]
 )
 
+#: What a model returns per frame (the predict_batch_udf return type).
+PREDICTION = StructType(
+    [
+        _f("label", StringType(), True, "the most probable class name"),
+        _f("score", FloatType(), True, "probability of label"),
+        _f("probabilities", ArrayType(FloatType(), False), True, "per class, in class order"),
+    ]
+)
+
+#: ``predictions``: one row per frame x model version.
+PREDICTIONS = StructType(
+    _FRAME_KEY
+    + [
+        _f("model", StringType(), False, "model name (inference.models[].name)"),
+        _f("model_version", StringType(), False, "model version"),
+    ]
+    + PREDICTION.fields
+    + [_f("class_names", ArrayType(StringType(), False), True, "names for probabilities")]
+    + _RUN_FIELDS
+    + [_f("predicted_at", TimestampType(), False, "when this row was written (UTC)")]
+)
+
+#: ``model_metrics``: one row per evaluation run x model version x class (class null: overall).
+MODEL_METRICS = StructType(
+    [
+        _f("run_id", StringType(), False, "the evaluation run"),
+        _f("model", StringType(), False),
+        _f("model_version", StringType(), False),
+        _f("class_name", StringType(), True, "null for the overall row"),
+        _f("support", LongType(), False, "labelled frames of this class (overall: all)"),
+        _f("accuracy", DoubleType(), True, "overall row only"),
+        _f("precision", DoubleType(), True, "overall row: macro average"),
+        _f("recall", DoubleType(), True, "overall row: macro average"),
+        _f("f1", DoubleType(), True, "overall row: macro average"),
+        _f("roc_auc", DoubleType(), True, "one-vs-rest; overall row: macro average"),
+        _f(
+            "confusion_matrix",
+            ArrayType(ArrayType(LongType(), False), False),
+            True,
+            "overall row: [true class][predicted class] counts, class order of class_names",
+        ),
+        _f("class_names", ArrayType(StringType(), False), True, "order of confusion_matrix"),
+        _f("unmatched_labels", LongType(), True, "labels with no prediction (overall row)"),
+        _f("labels_source", StringType(), True, "the labels file or table evaluated against"),
+        _f("evaluated_at", TimestampType(), False, "when this row was written (UTC)"),
+    ]
+)
+
+#: ``restricted_phi_map``: original -> pseudonymous ids. Off by default; for data engineers who
+#: must link back, never for analysts (see README). Names starting ``restricted_`` are the only
+#: tables that are not de-identified.
+RESTRICTED_PHI_MAP = StructType(
+    [
+        _f("kind", StringType(), False, "patient_id, study/series/sop_instance_uid"),
+        _f("original", StringType(), False, "the identifying value"),
+        _f("pseudonym", StringType(), False, "its value in the analyst tables"),
+    ]
+    + _RUN_FIELDS
+    + [_f("recorded_at", TimestampType(), False, "when this row was written (UTC)")]
+)
+
 #: Table name (config key under ``tables``) -> (schema, merge key columns).
 TABLES: dict[str, tuple[StructType, tuple[str, ...]]] = {
     "scans": (SCANS, ("sop_instance_uid",)),
     "ingest_errors": (INGEST_ERRORS, ("source_uri", "archive_member")),
     "images": (IMAGES, ("sop_instance_uid", "frame")),
     "preprocess_errors": (PREPROCESS_ERRORS, ("sop_instance_uid", "frame")),
+    "predictions": (PREDICTIONS, ("sop_instance_uid", "frame", "model", "model_version")),
+    "model_metrics": (MODEL_METRICS, ("run_id", "model", "model_version", "class_name")),
+    "restricted_phi_map": (RESTRICTED_PHI_MAP, ("kind", "original")),
 }
