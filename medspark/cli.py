@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(pre)
 
+    run = sub.add_parser("run", help="ingest, preprocess and infer in one Spark application")
+    run.add_argument("sources", nargs="+", help="directories, DICOM files, zip/tar/tar.gz")
+    _common(run)
+
     inf = sub.add_parser("infer", help="run a model on the images tensors, write predictions")
     inf.add_argument("--model", help="model name from inference.models (default: inference.model)")
     _common(inf)
@@ -98,12 +102,15 @@ def _load(args: argparse.Namespace, warehouse: str | None) -> Any:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from medspark.pipeline import ingest
+    from medspark.metrics.runs import recorded_run
+    from medspark.pipeline import ingest, new_run_id, record_ingest
 
     config = _load(args, str(Path(args.warehouse).absolute()))
     spark = _session(args, config)
     try:
-        result = ingest(spark, args.sources, config)
+        with recorded_run(spark, config, "ingest", new_run_id()) as record:
+            result = ingest(spark, args.sources, config, record.run_id)
+            record_ingest(record, result)
     finally:
         spark.stop()
     print(result.summary())
@@ -112,12 +119,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from medspark.pipeline import preprocess
+    from medspark.metrics.runs import recorded_run
+    from medspark.pipeline import new_run_id, preprocess, record_preprocess
 
     config = _load(args, str(Path(args.warehouse).absolute()))
     spark = _session(args, config)
     try:
-        result = preprocess(spark, config)
+        with recorded_run(spark, config, "preprocess", new_run_id()) as record:
+            result = preprocess(spark, config, record.run_id)
+            record_preprocess(record, result)
     finally:
         spark.stop()
     print(result.summary())
@@ -126,17 +136,37 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from medspark.pipeline import infer
+    from medspark.metrics.runs import recorded_run
+    from medspark.pipeline import infer, new_run_id, record_infer
 
     config = _load(args, str(Path(args.warehouse).absolute()))
     config.inference.model_config(args.model)  # unknown name: fail before Spark starts
     spark = _session(args, config)
     try:
-        result = infer(spark, config, args.model)
+        with recorded_run(spark, config, "infer", new_run_id()) as record:
+            result = infer(spark, config, args.model, record.run_id)
+            record_infer(record, result)
     finally:
         spark.stop()
     print(result.summary())
     print(f"table: {config.table_path('predictions')}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from medspark.metrics.runs import recorded_run
+    from medspark.pipeline import new_run_id, run_all
+
+    config = _load(args, str(Path(args.warehouse).absolute()))
+    spark = _session(args, config)
+    try:
+        with recorded_run(spark, config, "run", new_run_id()) as record:
+            results = run_all(spark, args.sources, config, record)
+    finally:
+        spark.stop()
+    for result in results:
+        print(result.summary())
+    print(f"warehouse: {config.warehouse}")
     return 0
 
 
@@ -186,6 +216,7 @@ COMMANDS = {
     "ingest": cmd_ingest,
     "preprocess": cmd_preprocess,
     "infer": cmd_infer,
+    "run": cmd_run,
     "evaluate": cmd_evaluate,
     "train-demo": cmd_train_demo,
     "demo": cmd_demo,

@@ -214,6 +214,14 @@ class DeidConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Utilisation statistics."""
+
+    # A study's acquisition span counts at most this long towards a day's busy hours.
+    study_span_cap_hours: float = field(default=4.0, metadata=_meta(minimum=0.0, maximum=24.0))
+
+
+@dataclass(frozen=True)
 class TablesConfig:
     """Delta table names under the warehouse directory."""
 
@@ -225,6 +233,17 @@ class TablesConfig:
     )
     predictions: str = field(default="predictions", metadata=_meta(pattern=_TABLE_NAME.pattern))
     model_metrics: str = field(default="model_metrics", metadata=_meta(pattern=_TABLE_NAME.pattern))
+    job_runs: str = field(default="job_runs", metadata=_meta(pattern=_TABLE_NAME.pattern))
+    stage_metrics: str = field(default="stage_metrics", metadata=_meta(pattern=_TABLE_NAME.pattern))
+    worker_metrics: str = field(
+        default="worker_metrics", metadata=_meta(pattern=_TABLE_NAME.pattern)
+    )
+    scanner_utilization: str = field(
+        default="scanner_utilization", metadata=_meta(pattern=_TABLE_NAME.pattern)
+    )
+    restricted_acquisitions: str = field(
+        default="restricted_acquisitions", metadata=_meta(pattern=r"^restricted_[A-Za-z0-9_]*$")
+    )
     restricted_phi_map: str = field(
         default="restricted_phi_map", metadata=_meta(pattern=r"^restricted_[A-Za-z0-9_]*$")
     )
@@ -240,6 +259,7 @@ class PipelineConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     deid: DeidConfig = field(default_factory=DeidConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tables: TablesConfig = field(default_factory=TablesConfig)
 
     def table_path(self, name: str) -> str:

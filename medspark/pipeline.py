@@ -174,6 +174,27 @@ class IngestResult:
         return "\n".join(lines)
 
 
+def _record_acquisitions(
+    spark: Any, config: PipelineConfig, raw: DataFrame, kept: DataFrame, run_id: str
+) -> None:
+    """Keep true acquisition times (restricted table) and rebuild ``scanner_utilization``."""
+    from medspark.metrics.utilization import acquisitions, rebuild
+
+    merge_into(
+        spark,
+        acquisitions(raw, kept),
+        config.table_path("restricted_acquisitions"),
+        "restricted_acquisitions",
+    )
+    rebuild(
+        spark,
+        config.table_path("restricted_acquisitions"),
+        config.table_path("scanner_utilization"),
+        run_id,
+        config.metrics.study_span_cap_hours,
+    )
+
+
 def _existing(spark: Any, path: str) -> DataFrame | None:
     from delta.tables import DeltaTable
 
@@ -205,6 +226,7 @@ def ingest(
         scans, duplicate_errors = resolve_duplicates(
             deidentify_scans(candidates, pseudonymizer), _existing(spark, scans_path)
         )
+        scans = scans.persist(StorageLevel.MEMORY_AND_DISK)  # used by two writes below
         if pseudonymizer is not None and config.deid.phi_map:
             merge_into(
                 spark,
@@ -214,6 +236,7 @@ def ingest(
                 config.table_path("restricted_phi_map"),
                 "restricted_phi_map",
             )
+        _record_acquisitions(spark, config, candidates, scans, run_id)
         stamp = {"run_id": F.lit(run_id), "ingested_at": F.current_timestamp()}
         errors = (
             read_errors.unionByName(duplicate_errors)
@@ -228,6 +251,7 @@ def ingest(
         scan_metrics = merge_into(spark, scans.withColumns(stamp), scans_path, "scans")
         merge_into(spark, errors, errors_path, "ingest_errors")
         errors.unpersist()
+        scans.unpersist()
     finally:
         instances.unpersist()
     return IngestResult(
@@ -360,6 +384,7 @@ def preprocess(spark: Any, config: PipelineConfig, run_id: str | None = None) ->
         stamped_errors = errors.withColumns(
             {"run_id": F.lit(run_id), "recorded_at": F.current_timestamp()}
         )
+        write_worker_metrics(spark, config, frames, "preprocess", run_id)
         metrics = merge_into(spark, stamped_images, config.table_path("images"), "images")
         merge_into(
             spark, stamped_errors, config.table_path("preprocess_errors"), "preprocess_errors"
@@ -387,6 +412,32 @@ def preprocess(spark: Any, config: PipelineConfig, run_id: str | None = None) ->
 # --------------------------------------------------------------------------------------
 
 
+def write_worker_metrics(
+    spark: Any, config: PipelineConfig, rows: DataFrame, step: str, run_id: str
+) -> None:
+    """Aggregate the per-row batch columns of a UDF's output into ``worker_metrics``."""
+    phases = ["seconds_read", "seconds_decode", "seconds_preprocess", "seconds_infer"]
+    present = set(rows.columns)
+    aggs = [F.count("*").alias("rows")]
+    for name in phases:
+        if name == "seconds_infer" and name in present:
+            aggs.append(F.max(name).alias(name))  # one value per batch, repeated on its rows
+        elif name in present:
+            aggs.append(F.sum(name).alias(name))
+        else:
+            aggs.append(F.lit(None).cast("double").alias(name))
+    aggs += [F.max("seconds_wall").alias("seconds_wall"), F.max("rss_bytes").alias("rss_bytes")]
+    for name, dtype in (("gpu_utilization", "double"), ("gpu_memory_bytes", "long")):
+        source = F.max(name) if name in present else F.lit(None)
+        aggs.append(source.cast(dtype).alias(name))
+    metrics = (
+        rows.groupBy("partition", "batch")
+        .agg(*aggs)
+        .withColumns({"run_id": F.lit(run_id), "step": F.lit(step)})
+    )
+    merge_into(spark, metrics, config.table_path("worker_metrics"), "worker_metrics")
+
+
 def predict_frames(
     images: DataFrame, config: PipelineConfig, model_name: str | None = None
 ) -> DataFrame:
@@ -404,6 +455,14 @@ def predict_frames(
         "_p.score",
         "_p.probabilities",
         F.array(*[F.lit(c) for c in model.class_names]).alias("class_names"),
+        # Batch metrics for worker_metrics (not columns of the predictions table).
+        "_p.partition",
+        "_p.batch",
+        "_p.seconds_infer",
+        "_p.seconds_wall",
+        "_p.rss_bytes",
+        "_p.gpu_utilization",
+        "_p.gpu_memory_bytes",
     )
 
 
@@ -450,6 +509,7 @@ def infer(
             r["label"]: int(r["n"])
             for r in predictions.groupBy("label").agg(F.count("*").alias("n")).collect()
         }
+        write_worker_metrics(spark, config, predictions, "infer", run_id)
         metrics = merge_into(
             spark,
             predictions.withColumns(
@@ -514,3 +574,49 @@ def evaluate(
     )
     merge_into(spark, df, config.table_path("model_metrics"), "model_metrics")
     return full
+
+
+# --------------------------------------------------------------------------------------
+# Recording runs, and the whole flow in one application
+# --------------------------------------------------------------------------------------
+
+
+def record_ingest(record: Any, result: IngestResult) -> None:
+    """Copy an ingest result into a ``job_runs`` record."""
+    record.items_in = (record.items_in or 0) + result.items
+    record.rows_out["scans"] = result.scans
+    record.rows_out["ingest_errors"] = result.errors
+    record.errors = (record.errors or 0) + result.errors
+
+
+def record_preprocess(record: Any, result: PreprocessResult) -> None:
+    """Copy a preprocess result into a ``job_runs`` record."""
+    errors = sum(result.errors_by_class.values())
+    if record.items_in is None:
+        record.items_in = result.instances
+    record.rows_out["images"] = result.frames
+    record.rows_out["preprocess_errors"] = errors
+    record.errors = (record.errors or 0) + errors
+    record.frames = result.frames
+
+
+def record_infer(record: Any, result: InferResult) -> None:
+    """Copy an inference result into a ``job_runs`` record."""
+    record.uses_torch = True
+    if record.items_in is None:
+        record.items_in = result.frames
+    record.rows_out["predictions"] = result.frames
+    record.frames = record.frames or result.frames
+
+
+def run_all(
+    spark: Any, sources: Sequence[str], config: PipelineConfig, record: Any
+) -> tuple[IngestResult, PreprocessResult, InferResult]:
+    """Ingest, preprocess and infer in one Spark application, under one run id."""
+    ingested = ingest(spark, sources, config, record.run_id)
+    record_ingest(record, ingested)
+    preprocessed = preprocess(spark, config, record.run_id)
+    record_preprocess(record, preprocessed)
+    inferred = infer(spark, config, None, record.run_id)
+    record_infer(record, inferred)
+    return ingested, preprocessed, inferred

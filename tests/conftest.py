@@ -37,7 +37,8 @@ def spark():
 
     session = build_session(
         SparkConfig(master="local[2]", app_name="medspark-tests", shuffle_partitions=2),
-        extra_conf={"spark.ui.enabled": "false"},
+        # The UI stays on: its REST API is where stage_metrics come from.
+        extra_conf={"spark.ui.showConsoleProgress": "false"},
     )
     yield session
     session.stop()

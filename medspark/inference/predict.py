@@ -14,6 +14,7 @@ memory, non-blocking copies, bf16/fp16 autocast when configured or supported, an
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -130,8 +131,20 @@ def make_predict_fn_factory(settings: PredictSettings) -> Callable[[], Callable[
         std = torch.tensor(cfg.std, device=device)
         names = np.array(cfg.class_names, dtype=object)
 
+        from pyspark import TaskContext
+
+        from medspark.preprocess.udf import worker_rss_bytes
+
+        batches: dict[int, int] = {}  # partition -> batches seen (the worker is reused)
+
         def predict(tensors: np.ndarray) -> dict[str, np.ndarray]:
+            t_start = time.perf_counter()
+            ctx = TaskContext.get()
+            partition = ctx.partitionId() if ctx is not None else 0
+            batch_index = batches.get(partition, 0)
+            batches[partition] = batch_index + 1
             batch = torch.from_numpy(decode_batch(tensors, cfg))
+            t_infer = time.perf_counter()
             if on_gpu:
                 batch = batch.pin_memory()
             x = batch.to(device, non_blocking=True)
@@ -143,11 +156,22 @@ def make_predict_fn_factory(settings: PredictSettings) -> Callable[[], Callable[
                 else:
                     logits = model(x)
                 probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            t_end = time.perf_counter()
             best = probs.argmax(axis=1)
+            n = len(best)
+            gpu_util, gpu_mem = gpu_stats(device) if on_gpu else (None, None)
             return {
                 "label": names[best],
-                "score": probs[np.arange(len(best)), best].astype(np.float32),
+                "score": probs[np.arange(n), best].astype(np.float32),
                 "probabilities": probs.astype(np.float32),
+                "partition": np.full(n, partition, dtype=np.int32),
+                "batch": np.full(n, batch_index, dtype=np.int32),
+                "seconds_infer": np.full(n, t_end - t_infer),
+                "seconds_wall": np.full(n, t_end - t_start),
+                "rss_bytes": np.full(n, worker_rss_bytes() or 0, dtype=np.int64),
+                # Without a GPU these are null (object arrays of None), never zero.
+                "gpu_utilization": np.full(n, gpu_util, dtype=object if gpu_util is None else None),
+                "gpu_memory_bytes": np.full(n, gpu_mem, dtype=object if gpu_mem is None else None),
             }
 
         return predict
@@ -155,11 +179,28 @@ def make_predict_fn_factory(settings: PredictSettings) -> Callable[[], Callable[
     return make_predict_fn
 
 
+def gpu_stats(device: str) -> tuple[float | None, int | None]:
+    """GPU utilisation (percent, via NVML when nvidia-ml-py is installed) and torch's memory."""
+    import torch
+
+    memory = int(torch.cuda.memory_allocated(device))
+    try:
+        return float(torch.cuda.utilization(device)), memory
+    except Exception:  # noqa: BLE001 - NVML missing: utilisation unknown, not zero
+        return None, memory
+
+
 def predict_udf(inference: InferenceConfig, model: ModelConfig) -> Any:
     """The predict_batch_udf column function for ``model``: tensor bytes -> struct."""
     from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql.types import StructField, StructType
 
-    from medspark.tables.schemas import PREDICTION
+    from medspark.tables.schemas import PREDICTION_WITH_METRICS
+
+    # Arrow compares the UDF's result type exactly, field metadata included: drop the comments.
+    return_type = StructType(
+        [StructField(f.name, f.dataType, f.nullable) for f in PREDICTION_WITH_METRICS]
+    )
 
     settings = PredictSettings(
         model=model,
@@ -169,6 +210,6 @@ def predict_udf(inference: InferenceConfig, model: ModelConfig) -> Any:
     )
     return predict_batch_udf(
         make_predict_fn_factory(settings),
-        return_type=PREDICTION,
+        return_type=return_type,
         batch_size=inference.batch_size,
     )

@@ -163,9 +163,16 @@ def preprocess_batches(
 ) -> Iterator[Any]:
     """``mapInPandas`` body: rows of (sop_instance_uid, source_uri, archive_member) in,
     per-frame rows (``columns`` order, schema PREPROCESSED) out, in bounded batches."""
+    import cv2
     import pandas as pd
+    from pyspark import TaskContext
 
     from medspark.sources.members import read_items
+
+    # A task owns spark.task.cpus cores; OpenCV's own thread pool would otherwise start one
+    # thread per machine core in every Python worker and the workers would fight for them.
+    ctx = TaskContext.get()
+    cv2.setNumThreads(max(1, ctx.cpus() if ctx is not None else 1))
 
     def frame(rows: list[dict[str, Any]]) -> Any:
         # Tuples with explicit None: a key missing from every row would otherwise become an
@@ -174,32 +181,68 @@ def preprocess_batches(
             [tuple(r.get(c) for c in columns) for r in rows], columns=columns
         )
 
+    partition = ctx.partitionId() if ctx is not None else 0
+    batch_index = 0
+    batch_start = time.perf_counter()
     out: list[dict[str, Any]] = []
+
+    def flush() -> Any:
+        nonlocal batch_index, batch_start, out
+        wall = time.perf_counter() - batch_start
+        rss = worker_rss_bytes()
+        for r in out:
+            r.update(partition=partition, batch=batch_index, seconds_wall=wall, rss_bytes=rss)
+        pdf = frame(out)
+        out = []
+        batch_index += 1
+        return pdf
+
     for batch in batches:
         keys: dict[tuple[str, str | None], list[str]] = {}
         for sop, uri, member in zip(
             batch["sop_instance_uid"], batch["source_uri"], batch["archive_member"], strict=True
         ):
-            member = (
-                None
-                if member is None or (isinstance(member, float) and np.isnan(member))
-                else member
-            )
+            member = None if not isinstance(member, str) else member  # pandas gives NaN/None
             keys.setdefault((uri, member), []).append(sop)
-        for (uri, member), content in read_items(keys):
+        items = iter(read_items(keys))
+        while True:
+            t_read = time.perf_counter()
+            try:
+                (uri, member), content = next(items)
+            except StopIteration:
+                break
+            seconds_read = time.perf_counter() - t_read
             for sop in keys[(uri, member)]:
                 key = {"sop_instance_uid": sop, "source_uri": uri, "archive_member": member}
                 if isinstance(content, Exception):
                     where = uri + (f"!{member}" if member else "")
-                    out.append(_error_row(key, None, UNREADABLE, f"{where}: {content}"))
+                    row = _error_row(key, None, UNREADABLE, f"{where}: {content}")
+                    row["seconds_read"] = seconds_read
+                    out.append(row)
                 else:
                     for row in process_item(content, key, settings):
+                        row["seconds_read"] = seconds_read
+                        seconds_read = 0.0  # the read counts once, on the item's first row
                         out.append(row)
                         if len(out) >= settings.frames_per_batch:
-                            yield frame(out)
-                            out = []
+                            yield flush()
+                            batch_start = time.perf_counter()
                 if len(out) >= settings.frames_per_batch:
-                    yield frame(out)
-                    out = []
+                    yield flush()
+                    batch_start = time.perf_counter()
     if out:
-        yield frame(out)
+        yield flush()
+
+
+def worker_rss_bytes() -> int | None:
+    """Resident memory of this Python worker (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+        import os
+
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

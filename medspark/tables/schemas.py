@@ -148,8 +148,13 @@ PREPROCESSED = StructType(
             True,
             "mean modality value inside the mask (HU for CT; grey for colour)",
         ),
+        _f("seconds_read", DoubleType(), True, "reading the item's bytes (first frame only)"),
         _f("seconds_decode", DoubleType(), True, "decode + modality LUT time of this frame"),
         _f("seconds_preprocess", DoubleType(), True, "display + OpenCV chain + encode time"),
+        _f("partition", IntegerType(), True, "Spark partition that produced the row"),
+        _f("batch", IntegerType(), True, "output batch within the partition"),
+        _f("seconds_wall", DoubleType(), True, "wall time of the whole output batch"),
+        _f("rss_bytes", LongType(), True, "Python worker resident memory at batch end"),
         _f("error_class", StringType(), True),
         _f("error_message", StringType(), True),
     ]
@@ -204,7 +209,21 @@ PREDICTION = StructType(
     [
         _f("label", StringType(), True, "the most probable class name"),
         _f("score", FloatType(), True, "probability of label"),
-        _f("probabilities", ArrayType(FloatType(), False), True, "per class, in class order"),
+        _f("probabilities", ArrayType(FloatType(), True), True, "per class, in class order"),
+    ]
+)
+
+#: What the predict function returns per row: the prediction plus its batch's metrics.
+PREDICTION_WITH_METRICS = StructType(
+    PREDICTION.fields
+    + [
+        _f("partition", IntegerType(), True),
+        _f("batch", IntegerType(), True),
+        _f("seconds_infer", DoubleType(), True, "forward pass of the batch incl. copies"),
+        _f("seconds_wall", DoubleType(), True, "the whole predict call of the batch"),
+        _f("rss_bytes", LongType(), True),
+        _f("gpu_utilization", DoubleType(), True),
+        _f("gpu_memory_bytes", LongType(), True),
     ]
 )
 
@@ -236,7 +255,7 @@ MODEL_METRICS = StructType(
         _f("roc_auc", DoubleType(), True, "one-vs-rest; overall row: macro average"),
         _f(
             "confusion_matrix",
-            ArrayType(ArrayType(LongType(), False), False),
+            ArrayType(ArrayType(LongType())),
             True,
             "overall row: [true class][predicted class] counts, class order of class_names",
         ),
@@ -260,6 +279,108 @@ RESTRICTED_PHI_MAP = StructType(
     + [_f("recorded_at", TimestampType(), False, "when this row was written (UTC)")]
 )
 
+#: ``restricted_acquisitions``: true acquisition times with pseudonymous ids, for utilisation.
+RESTRICTED_ACQUISITIONS = StructType(
+    [
+        _f("sop_instance_uid", StringType(), False, "pseudonymous (as in scans)"),
+        _f("study_instance_uid", StringType(), True, "pseudonymous"),
+        _f("series_instance_uid", StringType(), True, "pseudonymous"),
+        _f("patient_id", StringType(), True, "pseudonymous patient key"),
+        _f("modality", StringType(), True),
+        _f("station_name", StringType(), True),
+        _f("acquired_at", TimestampNTZType(), True, "TRUE acquisition time (not shifted)"),
+    ]
+)
+
+#: ``job_runs``: one row per run of any medspark job.
+JOB_RUNS = StructType(
+    [
+        _f("run_id", StringType(), False, "unique id of the run (UTC start time + random)"),
+        _f("job", StringType(), False, "ingest, preprocess, infer, evaluate or run"),
+        _f("status", StringType(), False, "succeeded or failed"),
+        _f("error", StringType(), True, "why the run failed (null when it succeeded)"),
+        _f("config_hash", StringType(), True, "sha256 of the resolved pipeline config"),
+        _f(
+            "deid_enabled", BooleanType(), True, "false means analyst tables were not de-identified"
+        ),
+        _f("medspark_version", StringType(), True),
+        _f("spark_version", StringType(), True),
+        _f("delta_version", StringType(), True),
+        _f("torch_version", StringType(), True, "null when torch was not used"),
+        _f("master", StringType(), True, "Spark master URL"),
+        _f("default_parallelism", IntegerType(), True, "cores Spark schedules on"),
+        _f("started_at", TimestampType(), False),
+        _f("ended_at", TimestampType(), False),
+        _f("seconds", DoubleType(), False, "wall time of the run"),
+        _f("items_in", LongType(), True, "input items (ingest) or rows read"),
+        _f("rows_out", StringType(), True, "JSON: rows written per table"),
+        _f("errors", LongType(), True, "error rows written"),
+        _f("images_per_second", DoubleType(), True, "frames processed per wall second"),
+    ]
+)
+
+#: ``stage_metrics``: Spark's own accounting per stage attempt of a run (monitoring REST API).
+STAGE_METRICS = StructType(
+    [
+        _f("run_id", StringType(), False),
+        _f("stage_id", IntegerType(), False),
+        _f("attempt_id", IntegerType(), False),
+        _f("name", StringType(), True, "Spark's stage name (call site)"),
+        _f("status", StringType(), True),
+        _f("num_tasks", IntegerType(), True),
+        _f("num_failed_tasks", IntegerType(), True),
+        _f("executor_run_time_s", DoubleType(), True, "sum over tasks"),
+        _f("executor_cpu_time_s", DoubleType(), True, "sum over tasks"),
+        _f("jvm_gc_time_s", DoubleType(), True, "sum over tasks"),
+        _f("input_bytes", LongType(), True),
+        _f("input_records", LongType(), True),
+        _f("output_bytes", LongType(), True),
+        _f("output_records", LongType(), True),
+        _f("shuffle_read_bytes", LongType(), True),
+        _f("shuffle_write_bytes", LongType(), True),
+        _f("memory_spilled_bytes", LongType(), True),
+        _f("disk_spilled_bytes", LongType(), True),
+        _f("peak_execution_memory", LongType(), True, "sum over tasks of their peaks"),
+    ]
+)
+
+#: ``worker_metrics``: one row per UDF output batch (Python worker side).
+WORKER_METRICS = StructType(
+    [
+        _f("run_id", StringType(), False),
+        _f("step", StringType(), False, "preprocess or infer"),
+        _f("partition", IntegerType(), False, "Spark partition id"),
+        _f("batch", IntegerType(), False, "batch number within the partition"),
+        _f("rows", LongType(), True, "rows the batch produced"),
+        _f("seconds_read", DoubleType(), True, "reading item bytes"),
+        _f("seconds_decode", DoubleType(), True, "decode + modality LUT"),
+        _f("seconds_preprocess", DoubleType(), True, "display window + OpenCV chain + encode"),
+        _f("seconds_infer", DoubleType(), True, "model forward pass incl. host-device copies"),
+        _f("seconds_wall", DoubleType(), True, "wall time of the batch in the worker"),
+        _f("rss_bytes", LongType(), True, "Python worker resident memory after the batch"),
+        _f("gpu_utilization", DoubleType(), True, "percent; null without a GPU"),
+        _f("gpu_memory_bytes", LongType(), True, "allocated by torch; null without a GPU"),
+    ]
+)
+
+#: ``scanner_utilization``: modality x station x day, from ``scans`` (see medspark.metrics).
+SCANNER_UTILIZATION = StructType(
+    [
+        _f("modality", StringType(), True),
+        _f("station_name", StringType(), True, "null: the instances carried no Station Name"),
+        _f("day", DateType(), False, "acquisition day (shifted when deid.shift_dates is on)"),
+        _f("studies", LongType(), False),
+        _f("series", LongType(), False),
+        _f("instances", LongType(), False),
+        _f("patients", LongType(), False, "distinct pseudonymous patient keys"),
+        _f("first_acquisition", TimestampNTZType(), True),
+        _f("last_acquisition", TimestampNTZType(), True),
+        _f("busy_hours", DoubleType(), False, "sum of per-study acquisition spans, capped"),
+        _f("instances_by_hour", ArrayType(LongType()), False, "24 counts, hour of day 0..23"),
+        _f("run_id", StringType(), False),
+    ]
+)
+
 #: Table name (config key under ``tables``) -> (schema, merge key columns).
 TABLES: dict[str, tuple[StructType, tuple[str, ...]]] = {
     "scans": (SCANS, ("sop_instance_uid",)),
@@ -269,4 +390,9 @@ TABLES: dict[str, tuple[StructType, tuple[str, ...]]] = {
     "predictions": (PREDICTIONS, ("sop_instance_uid", "frame", "model", "model_version")),
     "model_metrics": (MODEL_METRICS, ("run_id", "model", "model_version", "class_name")),
     "restricted_phi_map": (RESTRICTED_PHI_MAP, ("kind", "original")),
+    "job_runs": (JOB_RUNS, ("run_id",)),
+    "stage_metrics": (STAGE_METRICS, ("run_id", "stage_id", "attempt_id")),
+    "worker_metrics": (WORKER_METRICS, ("run_id", "step", "partition", "batch")),
+    "scanner_utilization": (SCANNER_UTILIZATION, ("modality", "station_name", "day")),
+    "restricted_acquisitions": (RESTRICTED_ACQUISITIONS, ("sop_instance_uid",)),
 }

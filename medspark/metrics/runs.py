@@ -1,0 +1,118 @@
+"""Recording every run: ``job_runs`` (one row per run) and ``stage_metrics`` (Spark's own).
+
+:func:`recorded_run` wraps a step: its Spark jobs are tagged with the run id, and when the step
+ends, successfully or not, one ``job_runs`` row and the run's ``stage_metrics`` rows are written.
+A failure to write these bookkeeping rows is reported on stderr and never hides the step's own
+outcome.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from medspark.config import PipelineConfig, to_dict
+
+
+def config_hash(config: PipelineConfig) -> str:
+    """sha256 of the resolved config (warehouse excluded: the same job on another folder)."""
+    data = to_dict(dataclasses.replace(config, warehouse=None))
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+@dataclass
+class RunRecord:
+    """Filled in by the step while it runs; written to ``job_runs`` when it ends."""
+
+    run_id: str
+    job: str
+    items_in: int | None = None
+    rows_out: dict[str, int] = field(default_factory=dict)
+    errors: int | None = None
+    frames: int | None = None
+    uses_torch: bool = False
+
+
+@contextmanager
+def recorded_run(spark: Any, config: PipelineConfig, job: str, run_id: str) -> Iterator[RunRecord]:
+    """Run the block as medspark run ``run_id`` and record it (see module docstring)."""
+    from medspark.metrics.spark_stages import job_group
+
+    record = RunRecord(run_id=run_id, job=job)
+    started = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    error: BaseException | None = None
+    try:
+        with job_group(spark, run_id, f"medspark {job} {run_id}"):
+            yield record
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        seconds = time.monotonic() - t0
+        try:
+            _write(spark, config, record, started, seconds, error)
+        except Exception as exc:  # noqa: BLE001 - bookkeeping must not mask the step's result
+            print(f"medspark: could not record run {run_id}: {exc}", file=sys.stderr)
+
+
+def _write(
+    spark: Any,
+    config: PipelineConfig,
+    record: RunRecord,
+    started: datetime,
+    seconds: float,
+    error: BaseException | None,
+) -> None:
+    from medspark.metrics.spark_stages import stage_metrics_rows
+    from medspark.tables.schemas import JOB_RUNS, STAGE_METRICS
+    from medspark.tables.writers import merge_into
+
+    sc = spark.sparkContext
+    row = {
+        "run_id": record.run_id,
+        "job": record.job,
+        "status": "failed" if error else "succeeded",
+        "error": None if error is None else f"{type(error).__name__}: {error}"[:4000],
+        "config_hash": config_hash(config),
+        "deid_enabled": config.deid.enabled,
+        "medspark_version": _version("medspark"),
+        "spark_version": spark.version,
+        "delta_version": _version("delta-spark"),
+        "torch_version": _version("torch") if record.uses_torch else None,
+        "master": sc.master,
+        "default_parallelism": sc.defaultParallelism,
+        "started_at": started,
+        "ended_at": datetime.now(timezone.utc),
+        "seconds": seconds,
+        "items_in": record.items_in,
+        "rows_out": json.dumps(record.rows_out, sort_keys=True),
+        "errors": record.errors,
+        "images_per_second": (record.frames / seconds) if record.frames and seconds else None,
+    }
+    df = spark.createDataFrame([tuple(row[f.name] for f in JOB_RUNS.fields)], JOB_RUNS)
+    merge_into(spark, df, config.table_path("job_runs"), "job_runs")
+    stages = stage_metrics_rows(spark, record.run_id)
+    if stages:
+        sdf = spark.createDataFrame(
+            [tuple(s[f.name] for f in STAGE_METRICS.fields) for s in stages], STAGE_METRICS
+        )
+        merge_into(spark, sdf, config.table_path("stage_metrics"), "stage_metrics")

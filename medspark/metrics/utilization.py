@@ -1,0 +1,117 @@
+"""How the hospital's scanners are used: modality x station x day, built from ingested scans.
+
+Real days are needed here: a per-patient date shift (de-identification) would scatter one
+station's day over many days. So ingestion keeps, in ``restricted_acquisitions``, the *true*
+acquisition time of each instance next to pseudonymous ids only, and
+:func:`scanner_utilization` aggregates it. The analyst table holds counts per station and day,
+never a patient-level row. The restricted table is not for analysts (see README).
+
+Busy hours of a day are the sum over its studies of the study's acquisition span (last minus
+first acquisition time of its instances), each capped at ``study_span_cap_hours`` so that a
+study left open or re-acquired the next morning cannot make one day look 20 hours busy. A study
+with one instance has a span of zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+
+def acquisitions(raw_candidates: DataFrame, deidentified: DataFrame) -> DataFrame:
+    """``restricted_acquisitions`` rows: pseudonymous ids with the true acquisition time.
+
+    ``raw_candidates`` and ``deidentified`` are the same instances before and after
+    de-identification, in the same order of columns; they are joined on source location,
+    which both keep.
+    """
+    true_times = raw_candidates.select(
+        "source_uri",
+        "archive_member",
+        F.coalesce("acquisition_datetime", "study_datetime").alias("acquired_at"),
+    )
+    pseudo = deidentified.select(
+        "source_uri",
+        "archive_member",
+        "sop_instance_uid",
+        "study_instance_uid",
+        "series_instance_uid",
+        "patient_id",
+        "modality",
+        "station_name",
+    )
+    return pseudo.join(
+        true_times,
+        (pseudo.source_uri.eqNullSafe(true_times.source_uri))
+        & (pseudo.archive_member.eqNullSafe(true_times.archive_member)),
+    ).select(
+        "sop_instance_uid",
+        "study_instance_uid",
+        "series_instance_uid",
+        "patient_id",
+        "modality",
+        "station_name",
+        "acquired_at",
+    )
+
+
+def scanner_utilization(acq: DataFrame, run_id: str, study_span_cap_hours: float) -> DataFrame:
+    """Aggregate acquisitions to modality x station x day (schema ``SCANNER_UTILIZATION``)."""
+    dated = acq.where(F.col("acquired_at").isNotNull()).withColumn("day", F.to_date("acquired_at"))
+    keys = ["modality", "station_name", "day"]
+    cap = study_span_cap_hours * 3600.0
+    spans = (
+        dated.groupBy(*keys, "study_instance_uid")
+        .agg(
+            (
+                F.unix_timestamp(F.max("acquired_at").cast("timestamp"))
+                - F.unix_timestamp(F.min("acquired_at").cast("timestamp"))
+            ).alias("span_s")
+        )
+        .groupBy(*keys)
+        .agg((F.sum(F.least(F.col("span_s"), F.lit(cap))) / 3600.0).alias("busy_hours"))
+    )
+    hours = (
+        dated.groupBy(*keys, F.hour("acquired_at").alias("hour"))
+        .agg(F.count("*").alias("n"))
+        .groupBy(*keys)
+        .agg(F.map_from_entries(F.collect_list(F.struct("hour", "n"))).alias("_by_hour"))
+        .withColumn(
+            "instances_by_hour",
+            F.transform(
+                F.sequence(F.lit(0), F.lit(23)),
+                lambda h: F.coalesce(F.element_at("_by_hour", h), F.lit(0).cast("long")),
+            ),
+        )
+        .drop("_by_hour")
+    )
+    counts = dated.groupBy(*keys).agg(
+        F.countDistinct("study_instance_uid").alias("studies"),
+        F.countDistinct("series_instance_uid").alias("series"),
+        F.count("*").alias("instances"),
+        F.countDistinct("patient_id").alias("patients"),
+        F.min("acquired_at").alias("first_acquisition"),
+        F.max("acquired_at").alias("last_acquisition"),
+    )
+    on = [counts[k].eqNullSafe(other[k]) for other in (spans,) for k in keys]
+    joined = counts.join(spans, on).select(counts["*"], spans["busy_hours"])
+    on = [joined[k].eqNullSafe(hours[k]) for k in keys]
+    return joined.join(hours, on).select(
+        joined["*"], hours["instances_by_hour"], F.lit(run_id).alias("run_id")
+    )
+
+
+def rebuild(spark: Any, acq_path: str, out_path: str, run_id: str, cap_hours: float) -> int:
+    """Recompute ``scanner_utilization`` from all acquisitions and replace the table."""
+    from medspark.tables.writers import conform, ensure_table
+
+    acq = spark.read.format("delta").load(acq_path)
+    util = conform(scanner_utilization(acq, run_id, cap_hours), "scanner_utilization")
+    ensure_table(spark, out_path, "scanner_utilization")
+    util.write.format("delta").mode("overwrite").save(out_path)
+    return spark.read.format("delta").load(out_path).count()
+
+
+__all__ = ["Window", "acquisitions", "rebuild", "scanner_utilization"]
