@@ -57,34 +57,116 @@ def build_sample_input(target: Path) -> list[Path]:
     return [loose, zip_path, tar_path]
 
 
+STATIONS = (
+    ("CT01", "medspark synthetic", "SYN-CT 64"),
+    ("CT02", "medspark synthetic", "SYN-CT 128"),
+)
+
+
+def build_screening_export(target: Path, n_patients: int = 8, slices: int = 4) -> tuple[Path, Path]:
+    """A zip of synthetic chest-CT studies (two stations, several days) and its labels CSV.
+
+    Each patient has one study of ``slices`` slices; about half the slices show a nodule. The
+    labels CSV (``sop_instance_uid,frame,label``) uses the original SOP Instance UIDs, as a
+    hospital's annotation export would; ``medspark evaluate`` maps them to pseudonyms.
+    """
+    import datetime as dt
+
+    from pydicom.uid import generate_uid
+
+    from medspark.synthetic import SliceSpec, ct_slice_bytes
+
+    target.mkdir(parents=True, exist_ok=True)
+    zip_path = target / "ct_screening_export.zip"
+    labels_path = target / "ct_screening_labels.csv"
+    lines = ["sop_instance_uid,frame,label"]
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for p in range(n_patients):
+            station, manufacturer, model = STATIONS[p % len(STATIONS)]
+            day = dt.datetime(2026, 3, 2, 8, 0) + dt.timedelta(days=p // 3, hours=2 * (p % 3))
+            study = generate_uid(entropy_srcs=["demo-study", str(p)])
+            series = generate_uid(entropy_srcs=["demo-series", str(p)])
+            for i in range(slices):
+                seed = 1_000_000 + p * 100 + i
+                spec = SliceSpec(nodule=bool((p + i) % 2), seed=seed)
+                sop = generate_uid(entropy_srcs=["demo-sop", str(seed)])
+                data = ct_slice_bytes(
+                    spec,
+                    sop_uid=sop,
+                    study_uid=study,
+                    series_uid=series,
+                    patient_id=f"DEMO{p:04d}",
+                    patient_name=f"Demo^Patient{p}",
+                    station=station,
+                    manufacturer=manufacturer,
+                    model=model,
+                    acquired=day + dt.timedelta(minutes=3 * i),
+                    instance_number=i + 1,
+                )
+                zf.writestr(f"patient{p:02d}/slice{i:02d}.dcm", data)
+                lines.append(f"{sop},0,{'nodule' if spec.nodule else 'no_nodule'}")
+    labels_path.write_text("\n".join(lines) + "\n")
+    return zip_path, labels_path
+
+
+def _show(spark: Any, config: PipelineConfig, table: str) -> Any:
+    return spark.read.format("delta").load(config.table_path(table))
+
+
 def run_demo(spark: Any, config: PipelineConfig, workdir: Path) -> None:
-    """Build the sample input under ``workdir/input``, ingest it, and print the outcome."""
-    from medspark.pipeline import ingest, preprocess
+    """Build the sample input under ``workdir/input``, run the whole flow, print what landed."""
+    from medspark.metrics.runs import recorded_run
+    from medspark.pipeline import (
+        evaluate,
+        infer,
+        ingest,
+        new_run_id,
+        preprocess,
+        record_infer,
+        record_ingest,
+        record_preprocess,
+    )
 
     inputs = build_sample_input(workdir / "input")
-    print(f"sample input: {workdir / 'input'} (from {pydicom_test_files()})")
-    result = ingest(spark, [str(p) for p in inputs], config)
-    print(result.summary())
-    scans = spark.read.format("delta").load(config.table_path("scans"))
-    print("\nscans by modality:")
-    scans.groupBy("modality").agg(F.count("*").alias("instances")).orderBy("modality").show(
-        50, truncate=False
-    )
-    print("a few scans:")
-    scans.select(
-        "modality", "rows", "columns", "number_of_frames", "transfer_syntax_uid", "archive_member"
-    ).orderBy("archive_member").show(8, truncate=40)
-    errors = spark.read.format("delta").load(config.table_path("ingest_errors"))
-    print("ingest_errors:")
-    errors.select("error_class", "message").orderBy("error_class").show(50, truncate=110)
+    screening, labels = build_screening_export(workdir / "input")
+    inputs.append(screening)
+    print(f"sample input: {workdir / 'input'} (pydicom's files from {pydicom_test_files()})")
+    with recorded_run(spark, config, "run", new_run_id()) as record:
+        ingested = ingest(spark, [str(p) for p in inputs], config, record.run_id)
+        record_ingest(record, ingested)
+        print(ingested.summary())
+        print("\nscans by modality:")
+        scans = _show(spark, config, "scans")
+        scans.groupBy("modality").agg(F.count("*").alias("instances")).orderBy("modality").show(
+            50, truncate=False
+        )
+        print("ingest_errors (every input that is not a scan, with its reason):")
+        _show(spark, config, "ingest_errors").select("error_class", "message").orderBy(
+            "error_class"
+        ).show(100, truncate=110)
 
-    print("preprocessing frames (decode, window, OpenCV chain, mask statistics):")
-    pre = preprocess(spark, config)
-    print(pre.summary())
-    images = spark.read.format("delta").load(config.table_path("images"))
-    images.select(
-        "frame", "tensor_shape", "window", "mask_area_px", "mask_area_mm2", "mask_components"
-    ).orderBy(F.desc("mask_area_px")).show(8, truncate=False)
-    pre_errors = spark.read.format("delta").load(config.table_path("preprocess_errors"))
-    pre_errors.select("frame", "error_class", "message").show(20, truncate=110)
+        print("preprocessing frames (decode, window, OpenCV chain, mask statistics):")
+        pre = preprocess(spark, config, record.run_id)
+        record_preprocess(record, pre)
+        print(pre.summary())
+        _show(spark, config, "images").select(
+            "frame", "tensor_shape", "window", "mask_area_px", "mask_area_mm2", "mask_components"
+        ).orderBy(F.desc("mask_area_px")).show(8, truncate=False)
+
+        print("inference with the bundled demonstration model (synthetic training data):")
+        inferred = infer(spark, config, None, record.run_id)
+        record_infer(record, inferred)
+        print(inferred.summary())
+    overall = evaluate(spark, config, str(labels))[0]
+    print(
+        f"\nevaluation on the synthetic screening export ({labels.name}): "
+        f"{overall['support']} labelled frame(s), accuracy {overall['accuracy']:.3f}, "
+        f"ROC AUC {overall['roc_auc']:.3f}, confusion {overall['confusion_matrix']} "
+        f"(rows: true {overall['class_names']})"
+    )
+    print("\nscanner_utilization (true acquisition days, counts per station):")
+    _show(spark, config, "scanner_utilization").select(
+        "modality", "station_name", "day", "studies", "instances", "busy_hours"
+    ).orderBy("day", "station_name").show(20, truncate=False)
     print(f"warehouse: {config.warehouse}")
+    print("notebook:  notebooks/analyst_overview.ipynb (set MEDSPARK_WAREHOUSE to the warehouse)")
