@@ -171,12 +171,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from medspark.pipeline import evaluate
+    from medspark.metrics.runs import recorded_run
+    from medspark.pipeline import evaluate, new_run_id
 
     config = _load(args, str(Path(args.warehouse).absolute()))
     spark = _session(args, config)
     try:
-        rows = evaluate(spark, config, args.labels, args.model)
+        with recorded_run(spark, config, "evaluate", new_run_id()) as record:
+            rows = evaluate(spark, config, args.labels, args.model, record.run_id)
+            record.items_in = rows[0]["support"] + rows[0]["unmatched_labels"]
+            record.rows_out["model_metrics"] = len(rows)
     finally:
         spark.stop()
     overall = rows[0]

@@ -84,7 +84,7 @@ def _write(
 ) -> None:
     from medspark.metrics.spark_stages import stage_metrics_rows
     from medspark.tables.schemas import JOB_RUNS, STAGE_METRICS
-    from medspark.tables.writers import merge_into
+    from medspark.tables.writers import ensure_table, merge_into
 
     sc = spark.sparkContext
     row = {
@@ -111,7 +111,15 @@ def _write(
     df = spark.createDataFrame([tuple(row[f.name] for f in JOB_RUNS.fields)], JOB_RUNS)
     merge_into(spark, df, config.table_path("job_runs"), "job_runs")
     stages = stage_metrics_rows(spark, record.run_id)
+    ensure_table(spark, config.table_path("stage_metrics"), "stage_metrics")  # empty if UI off
     if stages:
+        slowest = max(stages, key=lambda r: r["executor_run_time_s"])
+        print(
+            f"run {record.run_id} ({record.job}): {seconds:.1f} s, {len(stages)} Spark stage(s); "
+            f"slowest stage {slowest['stage_id']} ({slowest['name']}): "
+            f"{slowest['executor_run_time_s']:.1f} s executor time over {slowest['num_tasks']} "
+            "task(s)"
+        )
         sdf = spark.createDataFrame(
             [tuple(s[f.name] for f in STAGE_METRICS.fields) for s in stages], STAGE_METRICS
         )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 
@@ -113,5 +113,3 @@ def rebuild(spark: Any, acq_path: str, out_path: str, run_id: str, cap_hours: fl
     util.write.format("delta").mode("overwrite").save(out_path)
     return spark.read.format("delta").load(out_path).count()
 
-
-__all__ = ["Window", "acquisitions", "rebuild", "scanner_utilization"]
