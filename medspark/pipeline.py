@@ -271,10 +271,37 @@ def ingest(
 _STREAM_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".gz")
 
 
+#: Modalities whose equipment commonly burns text (names, dates) into the pixels.
+BURNED_IN_MODALITIES = ("US",)
+#: Secondary Capture Image Storage SOP classes (screenshots, scanned documents, exports).
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+
+
 def pixel_instances(scans: DataFrame) -> DataFrame:
-    """Instances that carry Pixel Data (7FE0,0010): the input of preprocessing."""
+    """Instances that carry Pixel Data (7FE0,0010): the input of preprocessing.
+
+    Also flags instances whose pixels may carry burned-in identity: Burned In Annotation
+    (0028,0301) = YES in the header, a modality known for it (ultrasound), or a Secondary
+    Capture SOP Class UID (0008,0016). medspark flags them; it does not claim to clean pixels.
+    """
+    burned = F.upper(F.get_json_object("header_json", "$.00280301.Value[0]"))
+    reason = (
+        F.when(burned == "YES", F.lit("Burned In Annotation (0028,0301) is YES"))
+        .when(
+            F.col("modality").isin(*BURNED_IN_MODALITIES),
+            F.concat(F.lit("modality "), F.col("modality"), F.lit(" often burns in text")),
+        )
+        .when(
+            F.col("sop_class_uid").startswith(SECONDARY_CAPTURE_PREFIX),
+            F.lit("Secondary Capture SOP class"),
+        )
+    )
     return scans.where(F.col("has_pixels")).select(
-        "sop_instance_uid", "source_uri", "archive_member"
+        "sop_instance_uid",
+        "source_uri",
+        "archive_member",
+        reason.isNotNull().alias("burned_in_annotation"),
+        reason.alias("burned_in_reason"),
     )
 
 

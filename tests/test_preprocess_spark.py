@@ -115,3 +115,21 @@ def test_colour_frames_keep_three_channels(spark, processed):
         for r in _load(spark, processed, "images").select("tensor_shape").collect()
     }
     assert (224, 224, 3) in shapes and (224, 224) in shapes
+
+
+def test_burned_in_annotation_flags(spark, processed, pseudo):
+    scans = _load(spark, processed, "scans").select("sop_instance_uid", "modality", "sop_class_uid")
+    rows = _load(spark, processed, "images").join(scans, "sop_instance_uid").collect()
+    flagged = {(r.modality, r.burned_in_reason) for r in rows if r.burned_in_annotation}
+    assert any(m == "US" for m, _ in flagged), flagged
+    assert any(reason == "Secondary Capture SOP class" for _, reason in flagged), flagged
+    for r in rows:
+        expected = r.modality == "US" or r.sop_class_uid.startswith("1.2.840.10008.5.1.4.1.1.7")
+        if not expected:  # Burned In Annotation (0028,0301) = YES is the only other reason
+            assert r.burned_in_annotation == (r.burned_in_reason is not None)
+            if r.burned_in_annotation:
+                assert "0028,0301" in r.burned_in_reason
+        else:
+            assert r.burned_in_annotation is True and r.burned_in_reason
+    ct = pseudo.uid("1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322")
+    assert [r.burned_in_annotation for r in rows if r.sop_instance_uid == ct] == [False]

@@ -198,12 +198,25 @@ def preprocess_batches(
         return pdf
 
     for batch in batches:
-        keys: dict[tuple[str, str | None], list[str]] = {}
-        for sop, uri, member in zip(
-            batch["sop_instance_uid"], batch["source_uri"], batch["archive_member"], strict=True
+        keys: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
+        for sop, uri, member, burned, reason in zip(
+            batch["sop_instance_uid"],
+            batch["source_uri"],
+            batch["archive_member"],
+            batch["burned_in_annotation"],
+            batch["burned_in_reason"],
+            strict=True,
         ):
             member = None if not isinstance(member, str) else member  # pandas gives NaN/None
-            keys.setdefault((uri, member), []).append(sop)
+            keys.setdefault((uri, member), []).append(
+                {
+                    "sop_instance_uid": sop,
+                    "source_uri": uri,
+                    "archive_member": member,
+                    "burned_in_annotation": bool(burned),
+                    "burned_in_reason": reason if isinstance(reason, str) else None,
+                }
+            )
         items = iter(read_items(keys))
         while True:
             t_read = time.perf_counter()
@@ -212,8 +225,7 @@ def preprocess_batches(
             except StopIteration:
                 break
             seconds_read = time.perf_counter() - t_read
-            for sop in keys[(uri, member)]:
-                key = {"sop_instance_uid": sop, "source_uri": uri, "archive_member": member}
+            for key in keys[(uri, member)]:
                 if isinstance(content, Exception):
                     where = uri + (f"!{member}" if member else "")
                     row = _error_row(key, None, UNREADABLE, f"{where}: {content}")
