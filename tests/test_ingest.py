@@ -193,3 +193,64 @@ def test_second_source_with_same_uid_is_rejected_against_existing_table(
     assert result.errors_by_class == {"duplicate_sop_instance": 1}
     kept = spark.read.format("delta").load(config.table_path("scans")).collect()
     assert [r.source_uri for r in kept] == [to_uri(b / "mr.dcm")]
+
+
+IDENTIFYING = (
+    "PatientName",
+    "PatientID",
+    "OtherPatientIDs",
+    "PatientBirthDate",
+    "PatientAddress",
+    "InstitutionName",
+    "InstitutionAddress",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "AccessionNumber",
+    "StudyID",
+    "DeviceSerialNumber",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "FrameOfReferenceUID",
+)
+
+
+def _identifying_values(test_files) -> set[str]:
+    import pydicom
+
+    values: set[str] = set()
+    kept: set[str] = set()
+    for path in test_files.glob("*.dcm"):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        except Exception:
+            continue
+        for keyword in IDENTIFYING:
+            try:
+                value = ds.get(keyword)
+            except Exception:
+                continue
+            for v in value if isinstance(value, list | pydicom.multival.MultiValue) else [value]:
+                text = str(v or "").strip()
+                if len(text) >= 6 and not text.startswith("1.2.840.10008."):
+                    values.add(text)
+        kept.update(
+            str(ds.get(k) or "").strip()
+            for k in ("Manufacturer", "ManufacturerModelName", "StationName")
+        )
+    # Device identity is kept on purpose (option "Retain Device Identity"): a value found in
+    # some file's manufacturer, model or station (e.g. "TOSHIBA") is not a leak.
+    return {v for v in values if not any(v in k for k in kept)}
+
+
+def test_no_identifying_value_in_any_analyst_table(spark, warehouse, test_files):
+    originals = _identifying_values(test_files)
+    assert len(originals) > 50  # names, IDs, institutions and UIDs of pydicom's real files
+    for name in ("scans", "ingest_errors"):
+        for row in _table(spark, warehouse, name).collect():
+            for column, value in row.asDict().items():
+                if column in ("source_uri", "archive_member") or not isinstance(value, str):
+                    continue  # file locations are the export's paths (see README)
+                leaked = [o for o in originals if o in value]
+                assert not leaked, (name, column, leaked[:3])
