@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from medspark.errors import ConfigError, EnvironmentProblem, MedsparkError
+
+T = TypeVar("T")
 
 
 def _spark_conf_pair(text: str) -> tuple[str, str]:
@@ -101,69 +103,75 @@ def _load(args: argparse.Namespace, warehouse: str | None) -> Any:
     return with_overrides(config, warehouse=warehouse)
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
+def _recorded(
+    args: argparse.Namespace, job: str, step: Callable[[Any, Any, Any], T], config: Any = None
+) -> tuple[Any, T]:
+    """Load the config, build the session, run ``step`` as one recorded run, stop Spark."""
     from medspark.metrics.runs import recorded_run
-    from medspark.pipeline import ingest, new_run_id, record_ingest
+    from medspark.pipeline import new_run_id
 
-    config = _load(args, str(Path(args.warehouse).absolute()))
+    config = config or _load(args, str(Path(args.warehouse).absolute()))
     spark = _session(args, config)
     try:
-        with recorded_run(spark, config, "ingest", new_run_id()) as record:
-            result = ingest(spark, args.sources, config, record.run_id)
-            record_ingest(record, result)
+        with recorded_run(spark, config, job, new_run_id()) as record:
+            result = step(spark, config, record)
     finally:
         spark.stop()
+    return config, result
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from medspark.pipeline import ingest, record_ingest
+
+    def step(spark: Any, config: Any, record: Any) -> Any:
+        result = ingest(spark, args.sources, config, record.run_id)
+        record_ingest(record, result)
+        return result
+
+    config, result = _recorded(args, "ingest", step)
     print(result.summary())
     print(f"tables: {config.table_path('scans')}, {config.table_path('ingest_errors')}")
     return 0
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from medspark.metrics.runs import recorded_run
-    from medspark.pipeline import new_run_id, preprocess, record_preprocess
+    from medspark.pipeline import preprocess, record_preprocess
 
-    config = _load(args, str(Path(args.warehouse).absolute()))
-    spark = _session(args, config)
-    try:
-        with recorded_run(spark, config, "preprocess", new_run_id()) as record:
-            result = preprocess(spark, config, record.run_id)
-            record_preprocess(record, result)
-    finally:
-        spark.stop()
+    def step(spark: Any, config: Any, record: Any) -> Any:
+        result = preprocess(spark, config, record.run_id)
+        record_preprocess(record, result)
+        return result
+
+    config, result = _recorded(args, "preprocess", step)
     print(result.summary())
     print(f"tables: {config.table_path('images')}, {config.table_path('preprocess_errors')}")
     return 0
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from medspark.metrics.runs import recorded_run
-    from medspark.pipeline import infer, new_run_id, record_infer
+    from medspark.pipeline import infer, record_infer
 
     config = _load(args, str(Path(args.warehouse).absolute()))
     config.inference.model_config(args.model)  # unknown name: fail before Spark starts
-    spark = _session(args, config)
-    try:
-        with recorded_run(spark, config, "infer", new_run_id()) as record:
-            result = infer(spark, config, args.model, record.run_id)
-            record_infer(record, result)
-    finally:
-        spark.stop()
+
+    def step(spark: Any, config: Any, record: Any) -> Any:
+        result = infer(spark, config, args.model, record.run_id)
+        record_infer(record, result)
+        return result
+
+    config, result = _recorded(args, "infer", step, config)
     print(result.summary())
     print(f"table: {config.table_path('predictions')}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from medspark.metrics.runs import recorded_run
-    from medspark.pipeline import new_run_id, run_all
+    from medspark.pipeline import run_all
 
-    config = _load(args, str(Path(args.warehouse).absolute()))
-    spark = _session(args, config)
-    try:
-        with recorded_run(spark, config, "run", new_run_id()) as record:
-            results = run_all(spark, args.sources, config, record)
-    finally:
-        spark.stop()
+    def step(spark: Any, config: Any, record: Any) -> Any:
+        return run_all(spark, args.sources, config, record)
+
+    config, results = _recorded(args, "run", step)
     for result in results:
         print(result.summary())
     print(f"warehouse: {config.warehouse}")
@@ -171,18 +179,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from medspark.metrics.runs import recorded_run
-    from medspark.pipeline import evaluate, new_run_id
+    from medspark.pipeline import evaluate
 
-    config = _load(args, str(Path(args.warehouse).absolute()))
-    spark = _session(args, config)
-    try:
-        with recorded_run(spark, config, "evaluate", new_run_id()) as record:
-            rows = evaluate(spark, config, args.labels, args.model, record.run_id)
-            record.items_in = rows[0]["support"] + rows[0]["unmatched_labels"]
-            record.rows_out["model_metrics"] = len(rows)
-    finally:
-        spark.stop()
+    def step(spark: Any, config: Any, record: Any) -> Any:
+        rows = evaluate(spark, config, args.labels, args.model, record.run_id)
+        record.items_in = rows[0]["support"] + rows[0]["unmatched_labels"]
+        record.rows_out["model_metrics"] = len(rows)
+        return rows
+
+    config, rows = _recorded(args, "evaluate", step)
     overall = rows[0]
     print(
         f"model {overall['model']} v{overall['model_version']}: {overall['support']} labelled "

@@ -1,0 +1,62 @@
+"""The command line as a user runs it: exit codes, messages, and a whole run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from medspark.cli import main
+
+
+def test_bad_config_exits_2_naming_key_value_and_allowed(tmp_path, capsys):
+    conf = tmp_path / "bad.yaml"
+    conf.write_text("preprocess:\n  steps:\n    - {op: median_blur, ksize: 4}\n")
+    code = main(["ingest", str(tmp_path), "--warehouse", str(tmp_path / "wh"), "--conf", str(conf)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "preprocess.steps[0].ksize" in err and "4" in err
+    assert "Traceback" not in err and not (tmp_path / "wh").exists()
+
+
+def test_unknown_model_exits_2_before_spark(tmp_path, capsys):
+    code = main(["infer", "--warehouse", str(tmp_path), "--model", "nope"])
+    assert code == 2
+    assert "--model" in capsys.readouterr().err
+
+
+@pytest.mark.spark
+def test_medspark_run_end_to_end(tmp_path, test_files):
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "README.txt"):
+        shutil.copyfile(test_files / name, src / name)
+    wh = tmp_path / "wh"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medspark.cli",
+            "run",
+            str(src),
+            "--warehouse",
+            str(wh),
+            "--spark-conf",
+            "spark.ui.port=4050",
+        ],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "4 item(s) read" in out  # three DICOM files and a text file
+    assert "not_dicom" in out
+    assert "2 frame(s) written" in out  # CT_small and MR_small; rtplan has no pixels
+    assert "slowest stage" in out
+    for table in ("scans", "ingest_errors", "images", "predictions", "job_runs"):
+        assert (wh / table / "_delta_log").is_dir(), table
