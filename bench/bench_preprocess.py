@@ -169,6 +169,24 @@ def _pool_task(item: Item) -> Tally:
     return process_one(item, _WORKER["reader"], _WORKER["settings"])
 
 
+def _pool_task_rows(item: Item) -> list[dict[str, Any]]:
+    """Like ``_pool_task`` but returns every output row, as a pipeline that keeps them must."""
+    path, member = item
+    uri = Path(path).absolute().as_uri()
+    key = {"sop_instance_uid": f"{uri}!{member}", "source_uri": uri, "archive_member": member}
+    return list(process_item(_WORKER["reader"].read(item), key, _WORKER["settings"]))
+
+
+def run_pool_rows(pool: Any, items: Sequence[Item], processes: int) -> Tally:
+    chunksize = max(1, min(16, len(items) // (processes * 8)))
+    total = Tally()
+    for rows in pool.imap_unordered(_pool_task_rows, items, chunksize=chunksize):
+        for row in rows:
+            ok = row.get("error_class") is None
+            total += Tally(int(ok), int(not ok), len(row["tensor"]) if ok else 0)
+    return total
+
+
 def run_pool(pool: Any, items: Sequence[Item], processes: int) -> Tally:
     chunksize = max(1, min(16, len(items) // (processes * 8)))
     total = Tally()
@@ -295,7 +313,15 @@ def bench_baselines(
             expect("pool", tally, n)
             pool_warm.runs.append(seconds)
             log(f"pool run {i + 1}: {seconds:.2f} s")
-    return [loop, pool_cold, pool_warm]
+        pool_rows = Measurement(
+            "pool_rows", images=n, note="same Pool, every row pickled back to the parent"
+        )
+        for i in range(repeat):
+            seconds, tally = timed(lambda: run_pool_rows(pool, items, processes))
+            expect("pool_rows", tally, n)
+            pool_rows.runs.append(seconds)
+            log(f"pool_rows run {i + 1}: {seconds:.2f} s")
+    return [loop, pool_cold, pool_warm, pool_rows]
 
 
 def bench_spark(
