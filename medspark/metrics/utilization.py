@@ -112,4 +112,3 @@ def rebuild(spark: Any, acq_path: str, out_path: str, run_id: str, cap_hours: fl
     ensure_table(spark, out_path, "scanner_utilization")
     util.write.format("delta").mode("overwrite").save(out_path)
     return spark.read.format("delta").load(out_path).count()
-
