@@ -285,6 +285,7 @@ def parse_header(data: bytes, location: str) -> dict[str, Any]:
         ds.get("AcquisitionDate") or ds.get("ContentDate") or ds.get("SeriesDate"),
         ds.get("AcquisitionTime") or ds.get("ContentTime") or ds.get("SeriesTime"),
     )
+    study_time = _time(ds.get("StudyTime"))
     frames = _int(ds, "NumberOfFrames")
     if frames is None and has_pixels:
         frames = 1
@@ -298,9 +299,7 @@ def parse_header(data: bytes, location: str) -> dict[str, Any]:
         "modality": _text(ds, "Modality"),
         "body_part_examined": _text(ds, "BodyPartExamined"),
         "study_date": _date(ds.get("StudyDate")),
-        "study_time": _time(ds.get("StudyTime")).isoformat()
-        if _time(ds.get("StudyTime"))
-        else None,
+        "study_time": study_time.isoformat() if study_time else None,
         "study_datetime": _datetime(ds.get("StudyDate"), ds.get("StudyTime")),
         "acquisition_datetime": acquisition,
         "station_name": _text(ds, "StationName"),

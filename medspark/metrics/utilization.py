@@ -24,37 +24,25 @@ def acquisitions(raw_candidates: DataFrame, deidentified: DataFrame) -> DataFram
     """``restricted_acquisitions`` rows: pseudonymous ids with the true acquisition time.
 
     ``raw_candidates`` and ``deidentified`` are the same instances before and after
-    de-identification, in the same order of columns; they are joined on source location,
-    which both keep.
+    de-identification; they are joined on the source location, which both keep.
     """
+    from medspark.tables.schemas import RESTRICTED_ACQUISITIONS
+
+    location = ["source_uri", "archive_member"]
     true_times = raw_candidates.select(
-        "source_uri",
-        "archive_member",
-        F.coalesce("acquisition_datetime", "study_datetime").alias("acquired_at"),
+        *location, F.coalesce("acquisition_datetime", "study_datetime").alias("acquired_at")
     )
-    pseudo = deidentified.select(
-        "source_uri",
-        "archive_member",
-        "sop_instance_uid",
-        "study_instance_uid",
-        "series_instance_uid",
-        "patient_id",
-        "modality",
-        "station_name",
+    ids = [f.name for f in RESTRICTED_ACQUISITIONS.fields if f.name != "acquired_at"]
+    pseudo = deidentified.select(*location, *ids)
+    return _join_on(pseudo, true_times, location).select(
+        *[pseudo[c] for c in ids], true_times["acquired_at"]
     )
-    return pseudo.join(
-        true_times,
-        (pseudo.source_uri.eqNullSafe(true_times.source_uri))
-        & (pseudo.archive_member.eqNullSafe(true_times.archive_member)),
-    ).select(
-        "sop_instance_uid",
-        "study_instance_uid",
-        "series_instance_uid",
-        "patient_id",
-        "modality",
-        "station_name",
-        "acquired_at",
-    )
+
+
+def _join_on(left: DataFrame, right: DataFrame, keys: list[str]) -> DataFrame:
+    """Inner join on ``keys`` compared null-safely (a loose file has no archive member)."""
+    condition = [left[k].eqNullSafe(right[k]) for k in keys]
+    return left.join(right, condition)
 
 
 def scanner_utilization(acq: DataFrame, run_id: str, study_span_cap_hours: float) -> DataFrame:
@@ -95,10 +83,8 @@ def scanner_utilization(acq: DataFrame, run_id: str, study_span_cap_hours: float
         F.min("acquired_at").alias("first_acquisition"),
         F.max("acquired_at").alias("last_acquisition"),
     )
-    on = [counts[k].eqNullSafe(other[k]) for other in (spans,) for k in keys]
-    joined = counts.join(spans, on).select(counts["*"], spans["busy_hours"])
-    on = [joined[k].eqNullSafe(hours[k]) for k in keys]
-    return joined.join(hours, on).select(
+    joined = _join_on(counts, spans, keys).select(counts["*"], spans["busy_hours"])
+    return _join_on(joined, hours, keys).select(
         joined["*"], hours["instances_by_hour"], F.lit(run_id).alias("run_id")
     )
 
