@@ -55,6 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("sources", nargs="+", help="directories, DICOM files, zip/tar/tar.gz")
     _common(ingest)
 
+    stream = sub.add_parser(
+        "ingest-stream",
+        help="ingest the files that arrived in a landing directory since the last run",
+    )
+    stream.add_argument("landing", help="landing directory (watched recursively)")
+    stream.add_argument(
+        "--checkpoint",
+        help="streaming checkpoint (default: WAREHOUSE/_checkpoints/ingest_stream-<hash>)",
+    )
+    _common(stream)
+
     pre = sub.add_parser(
         "preprocess", help="decode frames of scans, run the OpenCV chain, write images"
     )
@@ -129,6 +140,24 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return result
 
     config, result = _recorded(args, "ingest", step)
+    print(result.summary())
+    print(f"tables: {config.table_path('scans')}, {config.table_path('ingest_errors')}")
+    return 0
+
+
+def cmd_ingest_stream(args: argparse.Namespace) -> int:
+    from medspark.pipeline import record_ingest
+    from medspark.stream import ingest_stream
+
+    def step(spark: Any, config: Any, record: Any) -> Any:
+        result = ingest_stream(
+            spark, args.landing, config, checkpoint=args.checkpoint, run_id=record.run_id
+        )
+        for batch in result.batches:
+            record_ingest(record, batch.ingested)
+        return result
+
+    config, result = _recorded(args, "ingest_stream", step)
     print(result.summary())
     print(f"tables: {config.table_path('scans')}, {config.table_path('ingest_errors')}")
     return 0
@@ -223,6 +252,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "ingest": cmd_ingest,
+    "ingest-stream": cmd_ingest_stream,
     "preprocess": cmd_preprocess,
     "infer": cmd_infer,
     "run": cmd_run,

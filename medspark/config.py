@@ -68,6 +68,8 @@ class IngestConfig:
     max_archive_bytes: int = field(default=64 * 1024 * _MIB, metadata=_meta(minimum=_MIB))
     max_archive_members: int = field(default=1_000_000, metadata=_meta(minimum=1))
     max_compression_ratio: float = field(default=200.0, metadata=_meta(minimum=1.0))
+    # Streaming ingest (medspark ingest-stream): new files taken per micro-batch.
+    stream_max_files_per_trigger: int = field(default=1000, metadata=_meta(minimum=1))
 
 
 def _default_steps() -> list[dict[str, Any]]:

@@ -611,8 +611,8 @@ def evaluate(
 def record_ingest(record: Any, result: IngestResult) -> None:
     """Copy an ingest result into a ``job_runs`` record."""
     record.items_in = (record.items_in or 0) + result.items
-    record.rows_out["scans"] = result.scans
-    record.rows_out["ingest_errors"] = result.errors
+    for table, n in (("scans", result.scans), ("ingest_errors", result.errors)):
+        record.rows_out[table] = record.rows_out.get(table, 0) + n  # summed over micro-batches
     record.errors = (record.errors or 0) + result.errors
 
 
