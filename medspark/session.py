@@ -124,6 +124,17 @@ def build_session(
     from pyspark.sql import SparkSession
 
     config = config or SparkConfig()
+    submitted = _running_under_spark_submit()
+    given: dict[str, str] = {}
+    if submitted:
+        # spark-submit's own properties (--master, --conf, --properties-file) are already in
+        # the JVM and are the most specific choice: they win over the YAML and the defaults.
+        # The master in particular: a YAML "local[2]" must not pin the driver to 127.0.0.1
+        # when the application runs on a cluster.
+        from pyspark import SparkConf
+
+        given = dict(SparkConf().getAll())
+        master = given.get("spark.master", master or config.master)
     master = master or config.master
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -132,7 +143,6 @@ def build_session(
     conf.update(extra_conf or {})
 
     builder = SparkSession.builder.appName(config.app_name)
-    submitted = _running_under_spark_submit()
     coords = delta_coordinates()
     if not submitted:
         check_java()
@@ -148,8 +158,10 @@ def build_session(
             )
             conf.setdefault("spark.jars.ivy", str(cache_dir() / "ivy"))
     for key, value in conf.items():
-        if submitted and key in ("spark.driver.memory", "spark.pyspark.driver.python"):
-            continue  # fixed by spark-submit before Python started
+        if submitted and (
+            key in given or key in ("spark.driver.memory", "spark.pyspark.driver.python")
+        ):
+            continue  # given to spark-submit, or fixed by it before Python started
         builder = builder.config(key, value)
     try:
         spark = builder.getOrCreate()

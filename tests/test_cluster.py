@@ -1,0 +1,231 @@
+"""A real Spark standalone cluster on 127.0.0.1: spark-submit the whole flow, compare with local.
+
+The master and the worker are pyspark's own daemons, started with ``spark-class`` and stopped
+when the module ends, whatever the tests did. The job is submitted exactly as a data engineer
+would submit it (``spark-submit ... jobs/run_pipeline.py``); the test then reads the Delta
+tables both runs wrote and requires them to be equal, run ids and timestamps aside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from medspark.config import PipelineConfig, with_overrides
+from medspark.metrics.runs import RunRecord
+from medspark.pipeline import run_all
+from medspark.session import cached_delta_jars, delta_coordinates
+
+pytestmark = pytest.mark.spark
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # pyspark installs spark-class and spark-submit here
+
+# Columns that differ between two runs by design: which run wrote the row, and when.
+RUN_COLUMNS = {"run_id", "ingested_at", "recorded_at", "processed_at", "predicted_at"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _daemon(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BIN / "spark-class"), *args],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,  # its own process group: stopped as a whole below
+    )
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _alive_workers(ui_port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=2) as r:
+            state = json.load(r)
+    except OSError:
+        return 0
+    return sum(1 for w in state.get("workers", []) if w.get("state") == "ALIVE")
+
+
+@pytest.fixture(scope="module")
+def standalone(tmp_path_factory) -> Iterator[str]:
+    """A master and one 2-core worker; yields the master URL."""
+    logs = tmp_path_factory.mktemp("standalone")
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1"}
+    port, ui, worker_ui = _free_port(), _free_port(), _free_port()
+    url = f"spark://127.0.0.1:{port}"
+    procs = [
+        _daemon(
+            [
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--webui-port",
+                str(ui),
+            ],
+            logs / "master.log",
+            env,
+        )
+    ]
+    try:
+        procs.append(
+            _daemon(
+                [
+                    "org.apache.spark.deploy.worker.Worker",
+                    url,
+                    "--host",
+                    "127.0.0.1",
+                    "--cores",
+                    "2",
+                    "--memory",
+                    "3g",
+                    "--webui-port",
+                    str(worker_ui),
+                    "--work-dir",
+                    str(logs / "work"),
+                ],
+                logs / "worker.log",
+                env,
+            )
+        )
+        deadline = time.monotonic() + 120
+        while _alive_workers(ui) < 1:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                pytest.fail(
+                    "standalone cluster did not start:\n"
+                    + "\n".join(
+                        (logs / n).read_text()[-2000:] for n in ("master.log", "worker.log")
+                    )
+                )
+            time.sleep(1)
+        yield url
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory, test_files) -> list[str]:
+    """A small export: loose files (one broken, one not DICOM), a zip (one frame that does not
+    decode) and a tar.gz."""
+    root = tmp_path_factory.mktemp("cluster_input")
+    loose = root / "loose"
+    loose.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "README.txt", "no_meta.dcm"):
+        shutil.copyfile(test_files / name, loose / name)
+    with zipfile.ZipFile(root / "series.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in (
+            "MR_small_jp2klossless.dcm",
+            "JPEG2000.dcm",
+            "SC_rgb_rle.dcm",
+            "JPEG-lossy.dcm",
+        ):
+            zf.write(test_files / name, f"export/{name}")
+    with tarfile.open(root / "pacs.tar.gz", "w:gz") as tf:
+        for name in ("693_J2KI.dcm", "SC_rgb_rle_2frame.dcm", "rtstruct.dcm"):
+            tf.add(test_files / name, arcname=f"study/{name}")
+    return [str(loose), str(root / "series.zip"), str(root / "pacs.tar.gz")]
+
+
+def _jar_args() -> list[str]:
+    jars = cached_delta_jars(delta_coordinates())  # filled by the session fixture's first start
+    return ["--jars", ",".join(jars)] if jars else ["--packages", delta_coordinates()]
+
+
+@pytest.fixture(scope="module")
+def runs(spark, standalone, sources, tmp_path_factory) -> dict[str, Path]:
+    """The same input through the test's local session and through spark-submit to the cluster."""
+    root = tmp_path_factory.mktemp("cluster_runs")
+    local, cluster = root / "local", root / "cluster"
+    config = with_overrides(PipelineConfig(), warehouse=str(local))
+    run_all(spark, sources, config, RunRecord(run_id="local-run", job="run"))
+
+    proc = subprocess.run(
+        [
+            str(BIN / "spark-submit"),
+            "--master",
+            standalone,
+            *_jar_args(),
+            "--conf",
+            "spark.ui.enabled=false",
+            "--conf",
+            "spark.executor.memory=1g",
+            str(REPO / "jobs" / "run_pipeline.py"),
+            *sources,
+            "--warehouse",
+            str(cluster),
+            "--conf",
+            str(REPO / "conf" / "pipeline.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"},
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return {"local": local, "cluster": cluster, "stdout": proc.stdout}
+
+
+def _rows(spark, warehouse: Path, table: str) -> list[tuple]:
+    df = spark.read.format("delta").load(str(warehouse / table))
+    cols = [c for c in df.columns if c not in RUN_COLUMNS]
+    return sorted(tuple(r) for r in df.select(cols).collect())
+
+
+@pytest.mark.parametrize(
+    "table", ["scans", "ingest_errors", "images", "preprocess_errors", "scanner_utilization"]
+)
+def test_cluster_tables_equal_local_run(spark, runs, table):
+    local = _rows(spark, runs["local"], table)
+    assert local, f"{table} is empty: the comparison would prove nothing"
+    assert _rows(spark, runs["cluster"], table) == local
+
+
+def test_cluster_predictions_equal_local_run(spark, runs):
+    def rows(wh: Path) -> list[tuple]:
+        df = spark.read.format("delta").load(str(wh / "predictions"))
+        return sorted(
+            (r["sop_instance_uid"], r["frame"], r["model"], r["label"], r["probabilities"])
+            for r in df.collect()
+        )
+
+    local, cluster = rows(runs["local"]), rows(runs["cluster"])
+    assert [r[:4] for r in cluster] == [r[:4] for r in local] and local
+    for a, b in zip(local, cluster, strict=True):
+        assert b[4] == pytest.approx(a[4], abs=1e-5)
+
+
+def test_cluster_run_is_recorded_with_its_master(spark, runs, standalone):
+    job_runs = spark.read.format("delta").load(str(runs["cluster"] / "job_runs"))
+    row = job_runs.where(F.col("job") == "run").collect()[0]
+    assert row["master"] == standalone
+    assert row["status"] == "succeeded"
