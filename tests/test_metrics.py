@@ -111,6 +111,7 @@ def test_scanner_utilization_matches_an_independent_count(spark, flow):
     for key, patients in expected.items():
         row = util[key]
         assert row.studies == len(patients) and row.patients == len(patients)
+        assert row.series == len(patients)  # one series per patient
         assert row.instances == len(patients) * SLICES
         assert row.busy_hours == pytest.approx(len(patients) * (SLICES - 1) * 3 / 60)
         assert sum(row.instances_by_hour) == row.instances

@@ -46,55 +46,55 @@ def _join_on(left: DataFrame, right: DataFrame, keys: list[str]) -> DataFrame:
 
 
 def scanner_utilization(acq: DataFrame, run_id: str, study_span_cap_hours: float) -> DataFrame:
-    """Aggregate acquisitions to modality x station x day (schema ``SCANNER_UTILIZATION``)."""
+    """Aggregate acquisitions to modality x station x day (schema ``SCANNER_UTILIZATION``).
+
+    Two aggregations, no join: first per study within a (modality, station, day) cell (its span,
+    instance count, per-hour counts and the sets of series and patients), then per cell. Busy
+    hours are each study's span, capped, summed; series and patients are counted distinct over
+    the cell by merging the per-study sets.
+    """
     dated = acq.where(F.col("acquired_at").isNotNull()).withColumn("day", F.to_date("acquired_at"))
     keys = ["modality", "station_name", "day"]
     cap = study_span_cap_hours * 3600.0
-    spans = (
-        dated.groupBy(*keys, "study_instance_uid")
-        .agg(
-            (
-                F.unix_timestamp(F.max("acquired_at").cast("timestamp"))
-                - F.unix_timestamp(F.min("acquired_at").cast("timestamp"))
-            ).alias("span_s")
-        )
-        .groupBy(*keys)
-        .agg((F.sum(F.least(F.col("span_s"), F.lit(cap))) / 3600.0).alias("busy_hours"))
+    hour = F.hour("acquired_at")
+    per_study = dated.groupBy(*keys, "study_instance_uid").agg(
+        (
+            F.unix_timestamp(F.max("acquired_at").cast("timestamp"))
+            - F.unix_timestamp(F.min("acquired_at").cast("timestamp"))
+        ).alias("span_s"),
+        F.count("*").alias("n"),
+        F.min("acquired_at").alias("first"),
+        F.max("acquired_at").alias("last"),
+        F.collect_set("series_instance_uid").alias("series_set"),
+        F.collect_set("patient_id").alias("patient_set"),
+        *[F.count(F.when(hour == h, 1)).alias(f"h{h}") for h in range(24)],
     )
-    hours = (
-        dated.groupBy(*keys, F.hour("acquired_at").alias("hour"))
-        .agg(F.count("*").alias("n"))
-        .groupBy(*keys)
-        .agg(F.map_from_entries(F.collect_list(F.struct("hour", "n"))).alias("_by_hour"))
-        .withColumn(
-            "instances_by_hour",
-            F.transform(
-                F.sequence(F.lit(0), F.lit(23)),
-                lambda h: F.coalesce(F.element_at("_by_hour", h), F.lit(0).cast("long")),
-            ),
-        )
-        .drop("_by_hour")
-    )
-    counts = dated.groupBy(*keys).agg(
-        F.countDistinct("study_instance_uid").alias("studies"),
-        F.countDistinct("series_instance_uid").alias("series"),
-        F.count("*").alias("instances"),
-        F.countDistinct("patient_id").alias("patients"),
-        F.min("acquired_at").alias("first_acquisition"),
-        F.max("acquired_at").alias("last_acquisition"),
-    )
-    joined = _join_on(counts, spans, keys).select(counts["*"], spans["busy_hours"])
-    return _join_on(joined, hours, keys).select(
-        joined["*"], hours["instances_by_hour"], F.lit(run_id).alias("run_id")
+    return per_study.groupBy(*keys).agg(
+        F.count("study_instance_uid").alias("studies"),
+        F.size(F.array_distinct(F.flatten(F.collect_list("series_set")))).alias("series"),
+        F.sum("n").alias("instances"),
+        F.size(F.array_distinct(F.flatten(F.collect_list("patient_set")))).alias("patients"),
+        F.min("first").alias("first_acquisition"),
+        F.max("last").alias("last_acquisition"),
+        (F.sum(F.least(F.col("span_s"), F.lit(cap))) / 3600.0).alias("busy_hours"),
+        F.array(*[F.sum(f"h{h}") for h in range(24)]).alias("instances_by_hour"),
+        F.lit(run_id).alias("run_id"),
     )
 
 
-def rebuild(spark: Any, acq_path: str, out_path: str, run_id: str, cap_hours: float) -> int:
-    """Recompute ``scanner_utilization`` from all acquisitions and replace the table."""
+def rebuild(spark: Any, acq_path: str, out_path: str, run_id: str, cap_hours: float) -> None:
+    """Recompute ``scanner_utilization`` from all acquisitions and replace the table.
+
+    The acquisitions are cached for the three aggregations, which would each read the table.
+    """
+    from pyspark import StorageLevel
+
     from medspark.tables.writers import conform, ensure_table
 
-    acq = spark.read.format("delta").load(acq_path)
-    util = conform(scanner_utilization(acq, run_id, cap_hours), "scanner_utilization")
-    ensure_table(spark, out_path, "scanner_utilization")
-    util.write.format("delta").mode("overwrite").save(out_path)
-    return spark.read.format("delta").load(out_path).count()
+    acq = spark.read.format("delta").load(acq_path).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        util = conform(scanner_utilization(acq, run_id, cap_hours), "scanner_utilization")
+        ensure_table(spark, out_path, "scanner_utilization")
+        util.write.format("delta").mode("overwrite").save(out_path)
+    finally:
+        acq.unpersist()

@@ -46,10 +46,23 @@ def merge_into(spark: Any, df: DataFrame, path: str, table: str) -> dict[str, in
     Matching rows are updated (a re-run refreshes ``run_id``), others inserted. The returned
     dict holds Delta's own operation metrics for the commit (``numTargetRowsInserted``,
     ``numTargetRowsUpdated``, ...), read from the table history, not counted again.
+
+    A table created by this call (a first load) gets a plain append instead: with nothing to
+    match, a MERGE would insert every row anyway, after a join and a second pass over the
+    source. The result is the same rows in one atomic commit; its ``numOutputRows`` is reported
+    as ``numTargetRowsInserted``. (Asking Delta whether an existing table has files costs more
+    than the MERGE saves, so an existing empty table still gets a MERGE.)
     """
+    from delta.tables import DeltaTable
+
     _, keys = TABLES[table]
+    existed = DeltaTable.isDeltaTable(spark, path)
     target = ensure_table(spark, path, table)
     source = conform(df, table)
+    if not existed:
+        source.write.format("delta").mode("append").save(path)
+        metrics = _last_commit_metrics(target)
+        return {"numTargetRowsInserted": metrics.get("numOutputRows", 0), **metrics}
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     (
         target.alias("t")
@@ -58,6 +71,10 @@ def merge_into(spark: Any, df: DataFrame, path: str, table: str) -> dict[str, in
         .whenNotMatchedInsertAll()
         .execute()
     )
-    last = target.history(1).select("operation", "operationMetrics").collect()[0]
+    return _last_commit_metrics(target)
+
+
+def _last_commit_metrics(target: Any) -> dict[str, int]:
+    last = target.history(1).select("operationMetrics").collect()[0]
     metrics = last["operationMetrics"] or {}
     return {k: int(v) for k, v in metrics.items() if str(v).lstrip("-").isdigit()}
