@@ -27,7 +27,7 @@ from medspark.config import PipelineConfig
 from medspark.dicom.deid import deidentify_scans, phi_map, pseudonymizer_from_config
 from medspark.sources import dicom_source
 from medspark.tables.schemas import HEADER_FIELDS, SOURCE_FIELDS
-from medspark.tables.writers import merge_into
+from medspark.tables.writers import concurrently, merge_into
 
 DUPLICATE_SOP = "duplicate_sop_instance"
 DUPLICATE_COPY = "duplicate_copy"
@@ -175,10 +175,10 @@ class IngestResult:
 
 
 def _record_acquisitions(
-    spark: Any, config: PipelineConfig, raw: DataFrame, kept: DataFrame, run_id: str
+    spark: Any, config: PipelineConfig, raw: DataFrame, kept: DataFrame
 ) -> None:
-    """Keep true acquisition times (restricted table) and rebuild ``scanner_utilization``."""
-    from medspark.metrics.utilization import acquisitions, rebuild
+    """Keep true acquisition times (restricted table); see :func:`_rebuild_utilization`."""
+    from medspark.metrics.utilization import acquisitions
 
     merge_into(
         spark,
@@ -186,6 +186,12 @@ def _record_acquisitions(
         config.table_path("restricted_acquisitions"),
         "restricted_acquisitions",
     )
+
+
+def _rebuild_utilization(spark: Any, config: PipelineConfig, run_id: str) -> None:
+    """Rebuild ``scanner_utilization`` from all of ``restricted_acquisitions``."""
+    from medspark.metrics.utilization import rebuild
+
     rebuild(
         spark,
         config.table_path("restricted_acquisitions"),
@@ -236,7 +242,8 @@ def ingest(
                 config.table_path("restricted_phi_map"),
                 "restricted_phi_map",
             )
-        _record_acquisitions(spark, config, candidates, scans, run_id)
+        # Computes (and caches) the de-identified scans, before the writes below share them.
+        _record_acquisitions(spark, config, candidates, scans)
         stamp = {"run_id": F.lit(run_id), "ingested_at": F.current_timestamp()}
         errors = (
             read_errors.unionByName(duplicate_errors)
@@ -248,8 +255,11 @@ def ingest(
             r["error_class"]: int(r["n"])
             for r in errors.groupBy("error_class").agg(F.count("*").alias("n")).collect()
         }
-        scan_metrics = merge_into(spark, scans.withColumns(stamp), scans_path, "scans")
-        merge_into(spark, errors, errors_path, "ingest_errors")
+        _, scan_metrics, _ = concurrently(
+            lambda: _rebuild_utilization(spark, config, run_id),
+            lambda: merge_into(spark, scans.withColumns(stamp), scans_path, "scans"),
+            lambda: merge_into(spark, errors, errors_path, "ingest_errors"),
+        )
         errors.unpersist()
         scans.unpersist()
     finally:
@@ -411,15 +421,18 @@ def preprocess(spark: Any, config: PipelineConfig, run_id: str | None = None) ->
         stamped_errors = errors.withColumns(
             {"run_id": F.lit(run_id), "recorded_at": F.current_timestamp()}
         )
-        write_worker_metrics(spark, config, frames, "preprocess", run_id)
-        metrics = merge_into(spark, stamped_images, config.table_path("images"), "images")
-        merge_into(
-            spark, stamped_errors, config.table_path("preprocess_errors"), "preprocess_errors"
-        )
+        # Computes (and caches) every frame once; the three writes then read the cache.
         by_class = {
             r["error_class"]: int(r["n"])
             for r in errors.groupBy("error_class").agg(F.count("*").alias("n")).collect()
         }
+        _, metrics, _ = concurrently(
+            lambda: write_worker_metrics(spark, config, frames, "preprocess", run_id),
+            lambda: merge_into(spark, stamped_images, config.table_path("images"), "images"),
+            lambda: merge_into(
+                spark, stamped_errors, config.table_path("preprocess_errors"), "preprocess_errors"
+            ),
+        )
         frames.unpersist()
     finally:
         instances.unpersist()

@@ -8,6 +8,7 @@ Key columns may be null (``archive_member`` of a loose file); they are compared 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pyspark.sql import DataFrame
@@ -78,3 +79,34 @@ def _last_commit_metrics(target: Any) -> dict[str, int]:
     last = target.history(1).select("operationMetrics").collect()[0]
     metrics = last["operationMetrics"] or {}
     return {k: int(v) for k, v in metrics.items() if str(v).lstrip("-").isdigit()}
+
+
+def concurrently(*steps: Callable[[], Any]) -> list[Any]:
+    """Run independent writes from one driver thread each; results in order.
+
+    A Delta write is mostly driver work on small tables (planning, listing, the commit), and a
+    small table's write job barely uses the executors, so writes to different tables overlap
+    well. Threads are ``InheritableThread`` so their jobs keep the caller's job group (the run
+    id that ``stage_metrics`` is collected by). Every step runs to its end; then the first
+    failure, if any, is raised. Each write stays its own atomic commit, as when run in turn.
+    """
+    from pyspark import InheritableThread
+
+    results: list[Any] = [None] * len(steps)
+    errors: list[BaseException | None] = [None] * len(steps)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = steps[i]()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors[i] = exc
+
+    threads = [InheritableThread(target=run, args=(i,)) for i in range(len(steps))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for exc in errors:
+        if exc is not None:
+            raise exc
+    return results
