@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=4000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument(
+        "--arrow-batch", type=int, default=None, help="spark.arrow_max_records_per_batch"
+    )
     parser.add_argument("--json")
     args = parser.parse_args(argv)
 
@@ -69,7 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     from medspark.session import build_session
 
     cores = os.cpu_count() or 1
-    spark = build_session(SparkConfig(master=f"local[{cores}]", log_level="ERROR"))
+    spark_config = SparkConfig(master=f"local[{cores}]", log_level="ERROR")
+    if args.arrow_batch:
+        spark_config = dataclasses.replace(
+            spark_config, arrow_max_records_per_batch=args.arrow_batch
+        )
+    spark = build_session(spark_config)
+    arrow_batch = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
     with tempfile.TemporaryDirectory() as tmp:
         config = with_overrides(PipelineConfig(), warehouse=tmp)
         config = dataclasses.replace(
@@ -93,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     spark.stop()
 
     reference = args.n / min(rows[0]["runs"])
-    print(f"N={args.n} batch_size={args.batch_size} cores={cores} (seconds = best run)")
+    print(
+        f"N={args.n} batch_size={args.batch_size} arrow batch={arrow_batch} cores={cores} "
+        "(seconds = best run)"
+    )
     print(f"{'variant':<12} {'seconds':>8} {'images/s':>9} {'x direct':>9}  runs (s)")
     for row in rows:
         best = min(row["runs"])
@@ -111,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "n": args.n,
                     "batch_size": args.batch_size,
+                    "arrow_max_records_per_batch": arrow_batch,
                     "cores": cores,
                     "torch": torch.__version__,
                     "torch_threads_direct": torch.get_num_threads(),

@@ -119,17 +119,17 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.peak = 0
         self.workers_seen: set[int] = set()
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._done.is_set():
             for pid in _python_workers():
                 self.workers_seen.add(pid)
                 self.peak = max(self.peak, _hwm_bytes(pid))
             time.sleep(0.1)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join()
 
 
