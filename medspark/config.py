@@ -95,6 +95,8 @@ class PreprocessConfig:
     thumbnail_size: int = field(default=128, metadata=_meta(minimum=16, maximum=1024))
     # Frames per output Arrow batch: bounds executor memory for large tensors.
     frames_per_batch: int = field(default=64, metadata=_meta(minimum=1))
+    # A multi-frame file with more frames is split into shares of this many, one task each.
+    frames_per_task: int = field(default=128, metadata=_meta(minimum=1))
     # 0 means twice Spark's default parallelism.
     partitions: int = field(default=0, metadata=_meta(minimum=0))
 

@@ -312,6 +312,34 @@ def pixel_instances(scans: DataFrame) -> DataFrame:
         "archive_member",
         reason.isNotNull().alias("burned_in_annotation"),
         reason.alias("burned_in_reason"),
+        F.coalesce("number_of_frames", F.lit(1)).alias("number_of_frames"),
+    )
+
+
+def frame_ranges(instances: DataFrame, frames_per_task: int) -> DataFrame:
+    """One row per share of at most ``frames_per_task`` frames of each instance.
+
+    A 500-frame file (ultrasound cine, enhanced CT or MR) would otherwise be decoded by one task
+    on one core while the others idle. Adds ``frame_start`` and ``frame_stop`` (0-based,
+    half-open); an instance with no more frames than that keeps one row with both null (the
+    whole file). Each share reads the whole file: the split trades reading for parallel decode.
+    """
+    n = F.col("number_of_frames")
+    starts = F.sequence(F.lit(0), n - 1, F.lit(frames_per_task))
+    split = instances.where(n > frames_per_task).select("*", F.explode(starts).alias("frame_start"))
+    return (
+        split.withColumn("frame_stop", F.least(F.col("frame_start") + frames_per_task, n))
+        .unionByName(
+            instances.where(~(n > frames_per_task) | n.isNull()).withColumns(
+                {"frame_start": F.lit(None).cast("int"), "frame_stop": F.lit(None).cast("int")}
+            )
+        )
+        .withColumns(
+            {
+                "frame_start": F.col("frame_start").cast("int"),
+                "frame_stop": F.col("frame_stop").cast("int"),
+            }
+        )
     )
 
 
@@ -321,8 +349,9 @@ def preprocess_frames(
     """Decode and preprocess every frame: one output row per frame or per failure.
 
     Members of tar/gzip streams are co-located by ``source_uri`` so each stream is read once per
-    partition; loose files and zip members are spread by SOP Instance UID so every core works.
-    Only locations go into the UDF; the bytes are read on the executor.
+    partition; loose files and zip members are spread by SOP Instance UID and frame range (see
+    :func:`frame_ranges`) so every core works. Only locations go into the UDF; the bytes are
+    read on the executor.
     """
     from medspark.preprocess.udf import PreprocessSettings, preprocess_batches
     from medspark.tables.schemas import PREPROCESSED
@@ -341,12 +370,19 @@ def preprocess_frames(
         )
         & F.col("archive_member").isNotNull()
     )
-    keyed = instances.withColumn(
-        "_part", F.when(is_stream, F.col("source_uri")).otherwise(F.col("sop_instance_uid"))
+    keyed = frame_ranges(instances, pre.frames_per_task).withColumn(
+        "_part",
+        F.when(is_stream, F.col("source_uri")).otherwise(
+            F.concat_ws(
+                "#", "sop_instance_uid", F.lpad(F.col("frame_start").cast("string"), 9, "0")
+            )
+        ),
     )
     return (
-        keyed.repartition(num_partitions, "_part")
-        .sortWithinPartitions("source_uri", "archive_member")
+        # By range, not by hash: a few heavy rows (the shares of one large file) hashed into a
+        # few partitions collide and leave cores idle; ranges give each partition its share.
+        keyed.repartitionByRange(num_partitions, "_part")
+        .sortWithinPartitions("source_uri", "archive_member", "frame_start")
         .drop("_part")
         .mapInPandas(lambda it: preprocess_batches(it, settings, columns), PREPROCESSED)
     )

@@ -100,3 +100,23 @@ def test_mask_area_needs_spacing(test_files):
     assert no_spacing["mask_area_px"] == ct["mask_area_px"]
     assert no_spacing["mask_area_mm2"] is None
     assert no_spacing["mask_area_mm2_reason"].startswith("no pixel spacing")
+
+
+def test_process_item_frame_range_equals_that_slice_of_the_full_pass(test_files):
+    data = (test_files / "rtdose.dcm").read_bytes()
+    full = list(process_item(data, _key("rtdose"), _settings()))
+    part = list(process_item(data, _key("rtdose"), _settings(), frames=(4, 9)))
+    assert [r["frame"] for r in part] == [4, 5, 6, 7, 8]
+    for a, b in zip(part, full[4:9], strict=True):
+        assert a["tensor"] == b["tensor"] and a["mask_area_px"] == b["mask_area_px"]
+    assert list(process_item(data, _key("rtdose"), _settings(), frames=(15, 20))) == []
+
+
+def test_whole_file_error_is_reported_once_over_frame_ranges(test_files):
+    data = (test_files / "rtplan.dcm").read_bytes()
+    rows = [
+        r
+        for start in range(0, 12, 4)
+        for r in process_item(data, _key("rtplan"), _settings(), frames=(start, start + 4))
+    ]
+    assert [(r["frame"], r["error_class"]) for r in rows] == [(None, "undecodable_file")]

@@ -550,3 +550,14 @@ def test_constant_image_is_zeros_and_missing_pixels_raise():
     broken = Frame(0, None, "boom", None, None, "MONOCHROME2", None, "absent")
     with pytest.raises(ValueError, match="boom"):
         to_display(broken)
+
+
+@pytest.mark.parametrize("name", ["rtdose.dcm", "rtdose_rle.dcm", "examples_ybr_color.dcm"])
+def test_a_frame_range_decodes_the_same_frames_as_a_full_pass(name):
+    full = frames(tf(name))
+    part = list(iter_frames(tf(name), frames=range(4, 9)))
+    assert [f.index for f in part] == [4, 5, 6, 7, 8]
+    for a, b in zip(part, full[4:9], strict=True):
+        np.testing.assert_array_equal(a.pixels, b.pixels)
+        assert (a.window, a.photometric) == (b.window, b.photometric)
+    assert list(iter_frames(tf(name), frames=range(len(full), len(full) + 3))) == []

@@ -133,3 +133,43 @@ def test_burned_in_annotation_flags(spark, processed, pseudo):
             assert r.burned_in_annotation is True and r.burned_in_reason
     ct = pseudo.uid("1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322")
     assert [r.burned_in_annotation for r in rows if r.sop_instance_uid == ct] == [False]
+
+
+def test_split_frame_ranges_give_the_same_rows(spark, processed):
+    """Multi-frame files split into ranges of 4 frames: same rows as one task per file."""
+    import dataclasses
+
+    from medspark.pipeline import frame_ranges, pixel_instances
+
+    config = processed["config"]
+    scans = _load(spark, processed, "scans")
+    ranges = frame_ranges(pixel_instances(scans), 4).collect()
+    by_sop: dict[str, list[tuple[int, int]]] = {}
+    for r in ranges:
+        by_sop.setdefault(r.sop_instance_uid, []).append((r.frame_start, r.frame_stop))
+    frames = {r.sop_instance_uid: r.number_of_frames for r in scans.collect()}
+    for sop, spans in by_sop.items():  # contiguous ranges of at most 4 covering every frame
+        if frames[sop] <= 4:
+            assert spans == [(None, None)]  # small files stay whole
+            continue
+        spans.sort()
+        assert spans[0][0] == 0 and spans[-1][1] == frames[sop]
+        assert all(b - a <= 4 for a, b in spans)
+        assert all(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1))
+    assert max(len(s) for s in by_sop.values()) >= 4  # some file really was split
+
+    split = dataclasses.replace(
+        config,
+        preprocess=dataclasses.replace(config.preprocess, frames_per_task=4),
+        tables=dataclasses.replace(
+            config.tables, images="images_split", preprocess_errors="preprocess_errors_split"
+        ),
+    )
+    preprocess(spark, split)
+    for table, cols in (
+        ("images", ["sop_instance_uid", "frame", "tensor", "mask_area_px", "thumbnail_png"]),
+        ("preprocess_errors", ["sop_instance_uid", "frame", "error_class"]),
+    ):
+        whole = sorted(tuple(r) for r in _load(spark, processed, table).select(cols).collect())
+        parts = spark.read.format("delta").load(split.table_path(table))
+        assert sorted(tuple(r) for r in parts.select(cols).collect()) == whole, table

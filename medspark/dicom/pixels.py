@@ -575,9 +575,12 @@ def _decode_frame(opened: _Opened, index: int) -> tuple[np.ndarray, str]:
     return _to_modality(opened, index, arr), photometric
 
 
-def _frames(opened: _Opened) -> Iterator[Frame]:
+def _frames(opened: _Opened, frames: range | None = None) -> Iterator[Frame]:
     """Generate frames lazily; each iteration decodes exactly one frame."""
-    for index in range(opened.n_frames):
+    indexes = range(opened.n_frames)
+    if frames is not None:
+        indexes = indexes[frames.start : frames.stop]
+    for index in indexes:
         window, voi_lut, function = _window_for_frame(opened, index)
         spacing, spacing_source = _spacing_for_frame(opened.ds, index)
         try:
@@ -599,15 +602,20 @@ def _frames(opened: _Opened) -> Iterator[Frame]:
         )
 
 
-def iter_frames(source: bytes | str | os.PathLike) -> Iterator[Frame]:
+def iter_frames(source: bytes | str | os.PathLike, frames: range | None = None) -> Iterator[Frame]:
     """Yield every frame of a DICOM file as a :class:`Frame`, decoding one at a time.
 
     ``source`` is the file content (bytes) or a path. The file is parsed eagerly, so
     :class:`DicomPixelError` is raised by this call itself for whole-file problems (not on the
     first ``next()``); frames are then decoded lazily. Per-frame decode failures never raise:
     they come back as ``Frame(pixels=None, error=...)``.
+
+    ``frames`` (a ``range`` of 0-based frame indexes, step 1) limits the output to those frames,
+    so that several tasks can share the frames of one large multi-frame file; indexes past
+    Number of Frames (0028,0008) are ignored. Frames are addressed directly (native data by
+    offset, encapsulated data by fragment), not decoded and skipped.
     """
-    return _frames(_open(source))
+    return _frames(_open(source), frames)
 
 
 def modality_frames(source: bytes | str | os.PathLike) -> Iterator[np.ndarray]:

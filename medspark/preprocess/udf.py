@@ -73,35 +73,49 @@ def _error_row(key: dict[str, Any], frame: int | None, cls: str, message: str) -
 
 
 def process_item(
-    data: bytes, key: dict[str, Any], settings: PreprocessSettings
+    data: bytes,
+    key: dict[str, Any],
+    settings: PreprocessSettings,
+    frames: tuple[int, int] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield one output row per frame of one item (or one whole-file error row).
 
     ``key`` holds ``sop_instance_uid``, ``source_uri`` and ``archive_member``, copied into every
     row. Never raises for bad pixels: failures become rows with ``error_class``.
+
+    ``frames`` = ``(start, stop)`` processes only those frames (one task's share of a large
+    multi-frame file). A whole-file error is then reported only by the share that starts at
+    frame 0, so the file still gets exactly one error row.
     """
     from medspark.dicom.pixels import DicomPixelError, iter_frames, to_display
     from medspark.preprocess.segmentation import mask_stats
 
     where = key["source_uri"] + (f"!{key['archive_member']}" if key["archive_member"] else "")
     t0 = time.perf_counter()
+    reports_file_errors = frames is None or frames[0] == 0
     try:
-        frames = iter_frames(data)
-    except DicomPixelError as exc:
-        yield _error_row(key, None, UNDECODABLE_FILE, f"{where}: {exc}")
-        return
-    except Exception as exc:  # noqa: BLE001 - a decoder bug must not fail the task
-        yield _error_row(key, None, UNDECODABLE_FILE, f"{where}: {type(exc).__name__}: {exc}")
+        decoded = iter_frames(data, None if frames is None else range(*frames))
+    except Exception as exc:  # noqa: BLE001 - DicomPixelError, or a decoder bug: not the task
+        if reports_file_errors:
+            text = str(exc) if isinstance(exc, DicomPixelError) else f"{type(exc).__name__}: {exc}"
+            yield _error_row(key, None, UNDECODABLE_FILE, f"{where}: {text}")
         return
     chain = settings.chain
+    next_index = 0 if frames is None else frames[0]
     while True:
         try:
-            frame = next(frames)
+            frame = next(decoded)
         except StopIteration:
             return
         except Exception as exc:  # noqa: BLE001 - iteration itself failed: stop this file
-            yield _error_row(key, None, UNDECODABLE_FILE, f"{where}: {type(exc).__name__}: {exc}")
+            text = f"{where}: {type(exc).__name__}: {exc}"
+            if frames is None:
+                yield _error_row(key, None, UNDECODABLE_FILE, text)
+            else:  # one row per frame of this share that was not produced: none is lost
+                for index in range(next_index, frames[1]):
+                    yield _error_row(key, index, UNDECODABLE_FRAME, f"{text} (frame {index})")
             return
+        next_index = frame.index + 1
         t1 = time.perf_counter()
         if frame.pixels is None:
             yield _error_row(
@@ -161,8 +175,10 @@ def process_item(
 def preprocess_batches(
     batches: Iterator[Any], settings: PreprocessSettings, columns: list[str]
 ) -> Iterator[Any]:
-    """``mapInPandas`` body: rows of (sop_instance_uid, source_uri, archive_member) in,
-    per-frame rows (``columns`` order, schema PREPROCESSED) out, in bounded batches."""
+    """``mapInPandas`` body: rows of (sop_instance_uid, source_uri, archive_member, burned-in
+    flag and reason, frame_start, frame_stop) in, per-frame rows (``columns`` order, schema
+    PREPROCESSED) out, in bounded batches. Rows of the same item (its frame ranges) share one
+    read of the item."""
     import cv2
     import pandas as pd
     from pyspark import TaskContext
@@ -199,24 +215,27 @@ def preprocess_batches(
 
     for batch in batches:
         keys: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
-        for sop, uri, member, burned, reason in zip(
+        shares: dict[int, tuple[int, int] | None] = {}  # id(key) -> frame range of the row
+        for sop, uri, member, burned, reason, start, stop in zip(
             batch["sop_instance_uid"],
             batch["source_uri"],
             batch["archive_member"],
             batch["burned_in_annotation"],
             batch["burned_in_reason"],
+            batch["frame_start"],
+            batch["frame_stop"],
             strict=True,
         ):
             member = None if not isinstance(member, str) else member  # pandas gives NaN/None
-            keys.setdefault((uri, member), []).append(
-                {
-                    "sop_instance_uid": sop,
-                    "source_uri": uri,
-                    "archive_member": member,
-                    "burned_in_annotation": bool(burned),
-                    "burned_in_reason": reason if isinstance(reason, str) else None,
-                }
-            )
+            key = {
+                "sop_instance_uid": sop,
+                "source_uri": uri,
+                "archive_member": member,
+                "burned_in_annotation": bool(burned),
+                "burned_in_reason": reason if isinstance(reason, str) else None,
+            }
+            keys.setdefault((uri, member), []).append(key)
+            shares[id(key)] = None if pd.isna(start) else (int(start), int(stop))
         items = iter(read_items(keys))
         while True:
             t_read = time.perf_counter()
@@ -232,7 +251,7 @@ def preprocess_batches(
                     row["seconds_read"] = seconds_read
                     out.append(row)
                 else:
-                    for row in process_item(content, key, settings):
+                    for row in process_item(content, key, settings, shares[id(key)]):
                         row["seconds_read"] = seconds_read
                         seconds_read = 0.0  # the read counts once, on the item's first row
                         out.append(row)
