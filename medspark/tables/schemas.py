@@ -305,7 +305,7 @@ RESTRICTED_ACQUISITIONS = StructType(
 JOB_RUNS = StructType(
     [
         _f("run_id", StringType(), False, "unique id of the run (UTC start time + random)"),
-        _f("job", StringType(), False, "ingest, preprocess, infer, evaluate or run"),
+        _f("job", StringType(), False, "ingest, ingest_stream, preprocess, infer, evaluate or run"),
         _f("status", StringType(), False, "succeeded or failed"),
         _f("error", StringType(), True, "why the run failed (null when it succeeded)"),
         _f("config_hash", StringType(), True, "sha256 of the resolved pipeline config"),
