@@ -83,18 +83,10 @@ def scanner_utilization(acq: DataFrame, run_id: str, study_span_cap_hours: float
 
 
 def rebuild(spark: Any, acq_path: str, out_path: str, run_id: str, cap_hours: float) -> None:
-    """Recompute ``scanner_utilization`` from all acquisitions and replace the table.
-
-    The acquisitions are cached for the three aggregations, which would each read the table.
-    """
-    from pyspark import StorageLevel
-
+    """Recompute ``scanner_utilization`` from all acquisitions and replace the table."""
     from medspark.tables.writers import conform, ensure_table
 
-    acq = spark.read.format("delta").load(acq_path).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        util = conform(scanner_utilization(acq, run_id, cap_hours), "scanner_utilization")
-        ensure_table(spark, out_path, "scanner_utilization")
-        util.write.format("delta").mode("overwrite").save(out_path)
-    finally:
-        acq.unpersist()
+    acq = spark.read.format("delta").load(acq_path)
+    util = conform(scanner_utilization(acq, run_id, cap_hours), "scanner_utilization")
+    ensure_table(spark, out_path, "scanner_utilization")
+    util.write.format("delta").mode("overwrite").save(out_path)

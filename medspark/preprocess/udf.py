@@ -214,8 +214,8 @@ def preprocess_batches(
         return pdf
 
     for batch in batches:
-        keys: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
-        shares: dict[int, tuple[int, int] | None] = {}  # id(key) -> frame range of the row
+        # Location -> (key, frame share) of every row that needs the item read there.
+        keys: dict[tuple[str, str | None], list[tuple[dict[str, Any], Any]]] = {}
         for sop, uri, member, burned, reason, start, stop in zip(
             batch["sop_instance_uid"],
             batch["source_uri"],
@@ -234,8 +234,8 @@ def preprocess_batches(
                 "burned_in_annotation": bool(burned),
                 "burned_in_reason": reason if isinstance(reason, str) else None,
             }
-            keys.setdefault((uri, member), []).append(key)
-            shares[id(key)] = None if pd.isna(start) else (int(start), int(stop))
+            share = None if pd.isna(start) else (int(start), int(stop))
+            keys.setdefault((uri, member), []).append((key, share))
         items = iter(read_items(keys))
         while True:
             t_read = time.perf_counter()
@@ -244,14 +244,15 @@ def preprocess_batches(
             except StopIteration:
                 break
             seconds_read = time.perf_counter() - t_read
-            for key in keys[(uri, member)]:
+            for key, share in keys[(uri, member)]:
                 if isinstance(content, Exception):
-                    where = uri + (f"!{member}" if member else "")
-                    row = _error_row(key, None, UNREADABLE, f"{where}: {content}")
-                    row["seconds_read"] = seconds_read
-                    out.append(row)
+                    if share is None or share[0] == 0:  # one row per item, not per share
+                        where = uri + (f"!{member}" if member else "")
+                        row = _error_row(key, None, UNREADABLE, f"{where}: {content}")
+                        row["seconds_read"] = seconds_read
+                        out.append(row)
                 else:
-                    for row in process_item(content, key, settings, shares[id(key)]):
+                    for row in process_item(content, key, settings, share):
                         row["seconds_read"] = seconds_read
                         seconds_read = 0.0  # the read counts once, on the item's first row
                         out.append(row)
