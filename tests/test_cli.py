@@ -60,3 +60,33 @@ def test_medspark_run_end_to_end(tmp_path, test_files):
     assert "slowest stage" in out
     for table in ("scans", "ingest_errors", "images", "predictions", "job_runs"):
         assert (wh / table / "_delta_log").is_dir(), table
+
+
+@pytest.mark.spark
+def test_medspark_ingest_stream_takes_each_file_once(tmp_path, test_files):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm", "README.txt"):
+        shutil.copyfile(test_files / name, landing / name)
+    wh = tmp_path / "wh"
+    # Its own interpreter: the CLI stops the SparkSession it used, which must not be the tests'.
+    script = (
+        "import shutil, sys; from medspark.cli import main; "
+        f"a = main(['ingest-stream', {str(landing)!r}, '--warehouse', {str(wh)!r}]); "
+        f"shutil.copyfile({str(test_files / 'rtplan.dcm')!r}, {str(landing / 'rtplan.dcm')!r}); "
+        f"b = main(['ingest-stream', {str(landing)!r}, '--warehouse', {str(wh)!r}]); "
+        "sys.exit(a or b)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = proc.stdout.split("tables:")[:2]
+    assert "3 new file(s), 3 item(s)" in first  # two scans and a text file
+    assert "1 new file(s), 1 item(s)" in second
+    assert (wh / "_checkpoints").is_dir()
+    from deltalake import DeltaTable
+
+    runs = DeltaTable(str(wh / "job_runs")).to_pandas()
+    assert sorted(runs["job"]) == ["ingest_stream", "ingest_stream"]
+    assert sorted(runs["items_in"]) == [1, 3]
