@@ -27,7 +27,7 @@ from medspark.config import PipelineConfig
 from medspark.dicom.deid import deidentify_scans, phi_map, pseudonymizer_from_config
 from medspark.sources import dicom_source
 from medspark.tables.schemas import HEADER_FIELDS, SOURCE_FIELDS
-from medspark.tables.writers import concurrently, merge_into
+from medspark.tables.writers import concurrently, delete_matching, merge_into
 
 DUPLICATE_SOP = "duplicate_sop_instance"
 DUPLICATE_COPY = "duplicate_copy"
@@ -153,6 +153,7 @@ class IngestResult:
     scans_updated: int
     errors_by_class: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    errors_cleared: int = 0  # error rows of earlier runs whose item is a scan now
 
     @property
     def errors(self) -> int:
@@ -171,6 +172,11 @@ class IngestResult:
         ]
         for cls, n in sorted(self.errors_by_class.items()):
             lines.append(f"    {cls:<24} {n}")
+        if self.errors_cleared:
+            lines.append(
+                f"  {self.errors_cleared} error row(s) of earlier runs removed: "
+                "those items are scans now"
+            )
         return "\n".join(lines)
 
 
@@ -201,12 +207,14 @@ def _rebuild_utilization(spark: Any, config: PipelineConfig, run_id: str) -> Non
     )
 
 
-def _existing(spark: Any, path: str) -> DataFrame | None:
+def _is_table(spark: Any, path: str) -> bool:
     from delta.tables import DeltaTable
 
-    if DeltaTable.isDeltaTable(spark, path):
-        return spark.read.format("delta").load(path)
-    return None
+    return bool(DeltaTable.isDeltaTable(spark, path))
+
+
+def _existing(spark: Any, path: str) -> DataFrame | None:
+    return spark.read.format("delta").load(path) if _is_table(spark, path) else None
 
 
 def ingest(
@@ -222,6 +230,7 @@ def ingest(
     run_id = run_id or new_run_id()
     scans_path = config.table_path("scans")
     errors_path = config.table_path("ingest_errors")
+    had_errors = _is_table(spark, errors_path)
 
     pseudonymizer = pseudonymizer_from_config(config.deid)  # None when deid.enabled is false
     instances = read_instances(spark, sources, config).persist(StorageLevel.MEMORY_AND_DISK)
@@ -260,6 +269,9 @@ def ingest(
             lambda: merge_into(spark, scans.withColumns(stamp), scans_path, "scans"),
             lambda: merge_into(spark, errors, errors_path, "ingest_errors"),
         )
+        # An item that failed in an earlier run (a truncated copy since replaced) and is a scan
+        # now must not stay in ingest_errors too: every item is in exactly one of the tables.
+        cleared = delete_matching(spark, scans, errors_path, "ingest_errors") if had_errors else 0
         errors.unpersist()
         scans.unpersist()
     finally:
@@ -270,6 +282,7 @@ def ingest(
         scans_inserted=scan_metrics.get("numTargetRowsInserted", 0),
         scans_updated=scan_metrics.get("numTargetRowsUpdated", 0),
         errors_by_class=by_class,
+        errors_cleared=cleared,
         seconds=time.monotonic() - start,
     )
 

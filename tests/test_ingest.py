@@ -195,6 +195,28 @@ def test_second_source_with_same_uid_is_rejected_against_existing_table(
     assert [r.source_uri for r in kept] == [to_uri(b / "mr.dcm")]
 
 
+def test_a_repaired_file_leaves_ingest_errors(spark, tmp_path, test_files):
+    """A truncated copy fails; the same path holding the whole file later is a scan, and only
+    a scan: its old error row goes."""
+    config = with_overrides(PipelineConfig(), warehouse=str(tmp_path / "wh"))
+    src = tmp_path / "in"
+    src.mkdir()
+    data = (test_files / "CT_small.dcm").read_bytes()
+    (src / "ct.dcm").write_bytes(data[: len(data) // 2])
+    shutil.copyfile(test_files / "README.txt", src / "notes.txt")
+    first = ingest(spark, [str(src)], config)
+    assert first.errors == 2 and first.scans == 0
+    (src / "ct.dcm").write_bytes(data)
+    second = ingest(spark, [str(src)], config)
+    assert second.scans == 1 and second.errors_cleared == 1
+    errors = spark.read.format("delta").load(config.table_path("ingest_errors")).collect()
+    assert [(r.source_uri, r.error_class) for r in errors] == [
+        (to_uri(src / "notes.txt"), "not_dicom")
+    ]
+    scans = spark.read.format("delta").load(config.table_path("scans")).collect()
+    assert [r.source_uri for r in scans] == [to_uri(src / "ct.dcm")]
+
+
 IDENTIFYING = (
     "PatientName",
     "PatientID",

@@ -75,6 +75,24 @@ def merge_into(spark: Any, df: DataFrame, path: str, table: str) -> dict[str, in
     return _last_commit_metrics(target)
 
 
+def delete_matching(spark: Any, keys: DataFrame, path: str, table: str) -> int:
+    """Delete the rows of the Delta table at ``path`` whose key matches a row of ``keys``.
+
+    Keys are compared null-safely, as in :func:`merge_into`. One atomic commit (a MERGE with
+    only a delete clause); returns Delta's ``numTargetRowsDeleted``. No table, nothing to do.
+    """
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, path):
+        return 0
+    _, key_columns = TABLES[table]
+    target = DeltaTable.forPath(spark, path)
+    condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in key_columns)
+    source = keys.select(*key_columns).distinct()
+    target.alias("t").merge(source.alias("s"), condition).whenMatchedDelete().execute()
+    return _last_commit_metrics(target).get("numTargetRowsDeleted", 0)
+
+
 def _last_commit_metrics(target: Any) -> dict[str, int]:
     last = target.history(1).select("operationMetrics").collect()[0]
     metrics = last["operationMetrics"] or {}
