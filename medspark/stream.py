@@ -143,6 +143,8 @@ def ingest_stream(
     ``<run_id>-b<batch id>``. Returns when all files present at the start are done.
     """
     start = time.monotonic()
+    if "://" in landing:
+        landing = uri_to_path(landing)  # file:// is fine; another scheme fails here, clearly
     run_id = run_id or new_run_id()
     checkpoint = checkpoint or default_checkpoint(config, landing)
     result = StreamResult(run_id=run_id, checkpoint=checkpoint)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from medspark.config import PipelineConfig, with_overrides
+from medspark.errors import MedsparkError
 from medspark.pipeline import ingest
 from medspark.sources.archives import to_uri
 from medspark.stream import default_checkpoint, ingest_stream, uri_to_path
@@ -144,5 +145,11 @@ def test_checkpoint_is_per_landing_directory(tmp_path):
 def test_uri_to_path_decodes_spark_file_uris():
     assert uri_to_path("file:/data/landing/a%20b.dcm") == "/data/landing/a b.dcm"
     assert uri_to_path("file:///data/x.zip") == "/data/x.zip"
-    with pytest.raises(Exception, match="s3a"):
+    with pytest.raises(MedsparkError, match="s3a"):
         uri_to_path("s3a://bucket/x.dcm")
+
+
+def test_a_remote_landing_directory_fails_before_spark_starts_a_query(tmp_path):
+    config = with_overrides(PipelineConfig(), warehouse=str(tmp_path))
+    with pytest.raises(MedsparkError, match="mount the landing directory"):
+        ingest_stream(None, "s3a://bucket/landing", config)
