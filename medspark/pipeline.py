@@ -340,18 +340,11 @@ def frame_ranges(instances: DataFrame, frames_per_task: int) -> DataFrame:
     n = F.col("number_of_frames")
     starts = F.sequence(F.lit(0), n - 1, F.lit(frames_per_task))
     split = instances.where(n > frames_per_task).select("*", F.explode(starts).alias("frame_start"))
-    return (
-        split.withColumn("frame_stop", F.least(F.col("frame_start") + frames_per_task, n))
-        .unionByName(
-            instances.where(~(n > frames_per_task) | n.isNull()).withColumns(
-                {"frame_start": F.lit(None).cast("int"), "frame_stop": F.lit(None).cast("int")}
-            )
-        )
-        .withColumns(
-            {
-                "frame_start": F.col("frame_start").cast("int"),
-                "frame_stop": F.col("frame_stop").cast("int"),
-            }
+    return split.withColumn(
+        "frame_stop", F.least(F.col("frame_start") + frames_per_task, n)
+    ).unionByName(
+        instances.where(~(n > frames_per_task) | n.isNull()).withColumns(
+            {"frame_start": F.lit(None).cast("int"), "frame_stop": F.lit(None).cast("int")}
         )
     )
 
