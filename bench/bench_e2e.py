@@ -51,6 +51,7 @@ from bench_preprocess import (
     generate,
     log,
     machine,
+    pool_passes,
     table,
     timed,
     versions,
@@ -113,22 +114,10 @@ def run_pool(pool: Any, items: Sequence[Item], processes: int) -> Tally:
 
 
 def bench_pool(items: Sequence[Item], repeat: int, cores: int) -> list[Measurement]:
-    n = len(items)
     settings = default_settings(PipelineConfig())
-    cold = Measurement("pool_cold", images=n, note="first pass, Pool start included")
-    warm = Measurement("pool", images=n, note="same Pool, later passes")
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(cores, _init, (settings,)) as pool:
-        tally = run_pool(pool, items, cores)
-        cold.runs.append(time.perf_counter() - start)
-        expect("pool_cold", tally, n)
-        log(f"pool cold: {cold.runs[0]:.2f} s")
-        for i in range(repeat):
-            seconds, tally = timed(lambda: run_pool(pool, items, cores))
-            expect("pool", tally, n)
-            warm.runs.append(seconds)
-            log(f"pool run {i + 1}: {seconds:.2f} s")
-    return [cold, warm]
+        return list(pool_passes(lambda: run_pool(pool, items, cores), len(items), repeat, start))
 
 
 # --------------------------------------------------------------------------------------

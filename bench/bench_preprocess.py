@@ -281,46 +281,58 @@ def generate(
     return [(str(p), None) for p in out], str(workdir / "input"), seconds
 
 
+def repeated(
+    name: str, run: Callable[[], Tally], n: int, repeat: int, note: str = ""
+) -> Measurement:
+    """``repeat`` timed passes of ``run``, each checked for ``n`` frames and no error row."""
+    m = Measurement(name, images=n, note=note)
+    for i in range(repeat):
+        seconds, tally = timed(run)
+        expect(name, tally, n)
+        m.runs.append(seconds)
+        log(f"{name} run {i + 1}: {seconds:.2f} s")
+    return m
+
+
+def pool_passes(
+    run: Callable[[], Tally], n: int, repeat: int, started: float
+) -> tuple[Measurement, Measurement]:
+    """A pool's first pass, timed from ``started`` (before the pool started), then warm ones."""
+    tally = run()
+    cold = Measurement(
+        "pool_cold",
+        runs=[time.perf_counter() - started],
+        images=n,
+        note="first pass, Pool start included (spawned workers)",
+    )
+    expect("pool_cold", tally, n)
+    log(f"pool cold: {cold.runs[0]:.2f} s")
+    return cold, repeated("pool", run, n, repeat, "same Pool, later passes")
+
+
 def bench_baselines(
     items: Sequence[Item], settings: PreprocessSettings, repeat: int, processes: int
 ) -> list[Measurement]:
     n = len(items)
     # One untimed item first: imports and OpenCV/decoder initialisation are not per-item work.
     run_loop(items[:1], settings)
-    loop = Measurement("loop", images=n)
-    for i in range(repeat):
-        seconds, tally = timed(lambda: run_loop(items, settings))
-        expect("loop", tally, n)
-        loop.runs.append(seconds)
-        log(f"loop run {i + 1}: {seconds:.2f} s")
-
-    pool_cold = Measurement(
-        "pool_cold", images=n, note="first pass, Pool start included (spawned workers)"
-    )
-    pool_warm = Measurement("pool", images=n, note="same Pool, later passes")
+    loop = repeated("loop", lambda: run_loop(items, settings), n, repeat)
     start = time.perf_counter()
     # spawn, not fork: forking after OpenCV's thread pool has run can deadlock the children
     # (seen here: cv2.setNumThreads in a forked worker hung), and Spark's Python workers are
     # fresh processes too.
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(processes, initializer=_pool_init, initargs=(settings,)) as pool:
-        tally = run_pool(pool, items, processes)
-        pool_cold.runs.append(time.perf_counter() - start)
-        expect("pool", tally, n)
-        log(f"pool cold: {pool_cold.runs[0]:.2f} s")
-        for i in range(repeat):
-            seconds, tally = timed(lambda: run_pool(pool, items, processes))
-            expect("pool", tally, n)
-            pool_warm.runs.append(seconds)
-            log(f"pool run {i + 1}: {seconds:.2f} s")
-        pool_rows = Measurement(
-            "pool_rows", images=n, note="same Pool, every row pickled back to the parent"
+        pool_cold, pool_warm = pool_passes(
+            lambda: run_pool(pool, items, processes), n, repeat, start
         )
-        for i in range(repeat):
-            seconds, tally = timed(lambda: run_pool_rows(pool, items, processes))
-            expect("pool_rows", tally, n)
-            pool_rows.runs.append(seconds)
-            log(f"pool_rows run {i + 1}: {seconds:.2f} s")
+        pool_rows = repeated(
+            "pool_rows",
+            lambda: run_pool_rows(pool, items, processes),
+            n,
+            repeat,
+            "same Pool, every row pickled back to the parent",
+        )
     return [loop, pool_cold, pool_warm, pool_rows]
 
 
