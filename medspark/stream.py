@@ -32,6 +32,7 @@ from pyspark.sql import DataFrame
 
 from medspark.config import PipelineConfig
 from medspark.errors import MedsparkError
+from medspark.metrics.spark_stages import job_group
 from medspark.pipeline import IngestResult, ingest, new_run_id
 
 
@@ -153,7 +154,10 @@ def ingest_stream(
         paths = sorted(uri_to_path(r["path"]) for r in files.select("path").collect())
         if not paths:
             return
-        done = ingest(spark, paths, config, f"{run_id}-b{batch_id}")
+        # foreachBatch runs on another driver thread, which does not inherit the caller's job
+        # group: tag the batch's jobs with the run id again, so stage_metrics sees them.
+        with job_group(spark, run_id, f"medspark ingest_stream {run_id} batch {batch_id}"):
+            done = ingest(spark, paths, config, f"{run_id}-b{batch_id}")
         result.batches.append(StreamBatch(batch_id, len(paths), done))
 
     query = (

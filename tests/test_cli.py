@@ -90,3 +90,7 @@ def test_medspark_ingest_stream_takes_each_file_once(tmp_path, test_files):
     runs = DeltaTable(str(wh / "job_runs")).to_pandas()
     assert sorted(runs["job"]) == ["ingest_stream", "ingest_stream"]
     assert sorted(runs["items_in"]) == [1, 3]
+    # The micro-batches' jobs are the run's: Spark's stage accounting is recorded for both runs.
+    stages = DeltaTable(str(wh / "stage_metrics")).to_pandas()
+    per_run = stages.groupby("run_id").size()
+    assert set(per_run.index) == set(runs["run_id"]) and (per_run >= 10).all(), per_run
