@@ -55,6 +55,7 @@ from bench_preprocess import (
     table,
     timed,
     versions,
+    write_json,
 )
 from synth import COMPRESSIONS
 
@@ -284,22 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "versions": versions(),
                 "session_seconds": session_seconds,
                 "ratios": ratios,
-                "results": [
-                    {
-                        "variant": m.variant,
-                        "seconds": m.seconds,
-                        "runs": m.runs,
-                        "images": m.images,
-                        "images_per_s": m.images_per_s,
-                        "ratio_to_pool": m.images_per_s / reference.images_per_s,
-                        "note": m.note,
-                    }
-                    for m in rows
-                ],
+                "results": [m.as_json(reference) for m in rows],
             }
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(payload, indent=2) + "\n")
-            log(f"wrote {args.json}")
+            write_json(args.json, payload)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

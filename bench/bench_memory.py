@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import resource
 import shutil
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_preprocess import log, machine, versions
+from bench_preprocess import log, machine, versions, write_json
 from synth import make_ct_series
 
 from medspark.config import PipelineConfig, SparkConfig, with_overrides
@@ -206,9 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "driver_peak_rss_bytes": driver_peak,
                 "results": results,
             }
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(payload, indent=2) + "\n")
-            log(f"wrote {args.json}")
+            write_json(args.json, payload)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

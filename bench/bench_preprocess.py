@@ -87,6 +87,26 @@ class Measurement:
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
+    def as_json(self, reference: Measurement | None) -> dict[str, Any]:
+        """The JSON row of this variant; the ratio is to ``reference`` (null without one)."""
+        ref = reference.images_per_s if reference else None
+        return {
+            "variant": self.variant,
+            "seconds": self.seconds,
+            "runs": self.runs,
+            "images": self.images,
+            "images_per_s": self.images_per_s,
+            "ratio_to_pool": self.images_per_s / ref if ref else None,
+            "note": self.note,
+        }
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write a bench result file (parent directories created) and say so on stderr."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    log(f"wrote {path}")
+
 
 def default_settings(config: PipelineConfig) -> PreprocessSettings:
     """Exactly as :func:`medspark.pipeline.preprocess_frames` builds them."""
@@ -478,7 +498,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
 
         if args.json:
-            ref_ips = reference.images_per_s if reference else None
             payload = {
                 "n": args.n,
                 "size": args.size,
@@ -491,18 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "machine": machine(),
                 "versions": versions(),
                 "spark": spark_info,
-                "results": [
-                    {
-                        "variant": m.variant,
-                        "seconds": m.seconds,
-                        "runs": m.runs,
-                        "images": m.images,
-                        "images_per_s": m.images_per_s,
-                        "ratio_to_pool": m.images_per_s / ref_ips if ref_ips else None,
-                        "note": m.note,
-                    }
-                    for m in rows
-                ],
+                "results": [m.as_json(reference) for m in rows],
                 "ingest": None
                 if ingested is None
                 else {
@@ -511,9 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "items_per_s": ingested.images_per_s,
                 },
             }
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(payload, indent=2) + "\n")
-            log(f"wrote {args.json}")
+            write_json(args.json, payload)
     finally:
         if args.keep:
             log(f"kept {workdir}")
