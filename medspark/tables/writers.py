@@ -41,18 +41,24 @@ def ensure_table(spark: Any, path: str, table: str) -> Any:
     return DeltaTable.forPath(spark, path)
 
 
-def merge_into(spark: Any, df: DataFrame, path: str, table: str) -> dict[str, int]:
+def merge_into(
+    spark: Any, df: DataFrame, path: str, table: str, metrics: bool = False
+) -> dict[str, int]:
     """MERGE ``df`` into the Delta table at ``path`` on the table's key; returns Delta's metrics.
 
     Matching rows are updated (a re-run refreshes ``run_id``), others inserted. The returned
-    dict holds Delta's own operation metrics for the commit (``numTargetRowsInserted``,
-    ``numTargetRowsUpdated``, ...), read from the table history, not counted again.
+    dict holds Delta's own counts for the commit (``numTargetRowsInserted``,
+    ``numTargetRowsUpdated``, ``numTargetRowsDeleted``), not counted again: a MERGE returns them
+    itself.
 
     A table created by this call (a first load) gets a plain append instead: with nothing to
     match, a MERGE would insert every row anyway, after a join and a second pass over the
-    source. The result is the same rows in one atomic commit; its ``numOutputRows`` is reported
-    as ``numTargetRowsInserted``. (Asking Delta whether an existing table has files costs more
-    than the MERGE saves, so an existing empty table still gets a MERGE.)
+    source. The result is the same rows in one atomic commit. An append returns no counts, so
+    with ``metrics=True`` its ``numOutputRows`` is read from the table history (one more Spark
+    job, which callers that ignore the counts do not pay) and reported as
+    ``numTargetRowsInserted``; otherwise the dict is empty. (Asking Delta whether an existing
+    table has files costs more than the MERGE saves, so an existing empty table still gets a
+    MERGE.)
     """
     from delta.tables import DeltaTable
 
@@ -62,17 +68,19 @@ def merge_into(spark: Any, df: DataFrame, path: str, table: str) -> dict[str, in
     source = conform(df, table)
     if not existed:
         source.write.format("delta").mode("append").save(path)
-        metrics = _last_commit_metrics(target)
-        return {"numTargetRowsInserted": metrics.get("numOutputRows", 0), **metrics}
+        if not metrics:
+            return {}
+        history = _last_commit_metrics(target)
+        return {"numTargetRowsInserted": history.get("numOutputRows", 0), **history}
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-    (
+    result = (
         target.alias("t")
         .merge(source.alias("s"), condition)
         .whenMatchedUpdateAll()
         .whenNotMatchedInsertAll()
         .execute()
     )
-    return _last_commit_metrics(target)
+    return _merge_counts(result)
 
 
 def delete_matching(spark: Any, keys: DataFrame, path: str, table: str) -> int:
@@ -89,8 +97,22 @@ def delete_matching(spark: Any, keys: DataFrame, path: str, table: str) -> int:
     target = DeltaTable.forPath(spark, path)
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in key_columns)
     source = keys.select(*key_columns).distinct()
-    target.alias("t").merge(source.alias("s"), condition).whenMatchedDelete().execute()
-    return _last_commit_metrics(target).get("numTargetRowsDeleted", 0)
+    result = target.alias("t").merge(source.alias("s"), condition).whenMatchedDelete().execute()
+    return _merge_counts(result).get("numTargetRowsDeleted", 0)
+
+
+#: Columns of the one-row DataFrame a Delta MERGE returns, by the history metric they equal.
+_MERGE_RESULT = {
+    "numTargetRowsInserted": "num_inserted_rows",
+    "numTargetRowsUpdated": "num_updated_rows",
+    "numTargetRowsDeleted": "num_deleted_rows",
+}
+
+
+def _merge_counts(result: DataFrame) -> dict[str, int]:
+    """Delta's counts from the DataFrame a MERGE returns (a local row: no Spark job)."""
+    row = result.collect()[0].asDict()
+    return {name: int(row[column] or 0) for name, column in _MERGE_RESULT.items()}
 
 
 def _last_commit_metrics(target: Any) -> dict[str, int]:
