@@ -242,17 +242,6 @@ def ingest(
             deidentify_scans(candidates, pseudonymizer), _existing(spark, scans_path)
         )
         scans = scans.persist(StorageLevel.MEMORY_AND_DISK)  # used by two writes below
-        if pseudonymizer is not None and config.deid.phi_map:
-            merge_into(
-                spark,
-                phi_map(candidates, pseudonymizer).withColumns(
-                    {"run_id": F.lit(run_id), "recorded_at": F.current_timestamp()}
-                ),
-                config.table_path("restricted_phi_map"),
-                "restricted_phi_map",
-            )
-        # Computes (and caches) the de-identified scans, before the writes below share them.
-        _record_acquisitions(spark, config, candidates, scans)
         stamp = {"run_id": F.lit(run_id), "ingested_at": F.current_timestamp()}
         errors = (
             read_errors.unionByName(duplicate_errors)
@@ -260,15 +249,34 @@ def ingest(
             .withColumn("recorded_at", F.current_timestamp())
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
-        by_class = {
-            r["error_class"]: int(r["n"])
-            for r in errors.groupBy("error_class").agg(F.count("*").alias("n")).collect()
-        }
-        _, scan_metrics, _ = concurrently(
-            lambda: _rebuild_utilization(spark, config, run_id),
-            lambda: merge_into(spark, scans.withColumns(stamp), scans_path, "scans"),
-            lambda: merge_into(spark, errors, errors_path, "ingest_errors"),
-        )
+
+        def write_errors() -> dict[str, int]:
+            # The count computes (and caches) the errors; the write then reads the cache.
+            counts = errors.groupBy("error_class").agg(F.count("*").alias("n")).collect()
+            merge_into(spark, errors, errors_path, "ingest_errors")
+            return {r["error_class"]: int(r["n"]) for r in counts}
+
+        def write_acquisitions() -> None:
+            # scanner_utilization is rebuilt from restricted_acquisitions, so after it.
+            _record_acquisitions(spark, config, candidates, scans)
+            _rebuild_utilization(spark, config, run_id)
+
+        steps = [
+            lambda: merge_into(spark, scans.withColumns(stamp), scans_path, "scans", metrics=True),
+            write_errors,
+            write_acquisitions,
+        ]
+        if pseudonymizer is not None and config.deid.phi_map:
+            phi_rows = phi_map(candidates, pseudonymizer).withColumns(
+                {"run_id": F.lit(run_id), "recorded_at": F.current_timestamp()}
+            )
+            phi_path = config.table_path("restricted_phi_map")
+            steps.append(lambda: merge_into(spark, phi_rows, phi_path, "restricted_phi_map"))
+        # Independent writes, one driver thread each. Two of them read the de-identified scans;
+        # they share one computation of the cache, because a task that needs a cached block
+        # another task is still writing waits for it (Spark's BlockInfoManager: the first
+        # writer wins) instead of computing it again.
+        scan_metrics, by_class, *_ = concurrently(*steps)
         # An item that failed in an earlier run (a truncated copy since replaced) and is a scan
         # now must not stay in ingest_errors too: every item is in exactly one of the tables.
         cleared = delete_matching(spark, scans, errors_path, "ingest_errors") if had_errors else 0
@@ -470,7 +478,9 @@ def preprocess(spark: Any, config: PipelineConfig, run_id: str | None = None) ->
         }
         _, metrics, _ = concurrently(
             lambda: write_worker_metrics(spark, config, frames, "preprocess", run_id),
-            lambda: merge_into(spark, stamped_images, config.table_path("images"), "images"),
+            lambda: merge_into(
+                spark, stamped_images, config.table_path("images"), "images", metrics=True
+            ),
             lambda: merge_into(
                 spark, stamped_errors, config.table_path("preprocess_errors"), "preprocess_errors"
             ),
@@ -599,6 +609,7 @@ def infer(
             ),
             config.table_path("predictions"),
             "predictions",
+            metrics=True,
         )
     finally:
         predictions.unpersist()
