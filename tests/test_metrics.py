@@ -127,3 +127,19 @@ def test_scanner_utilization_matches_an_independent_count(spark, flow):
     for r in _table(spark, flow, "scanner_utilization").collect():
         per_station[(r.modality, r.station_name)] += r.instances
     assert per_station == Counter({(r.modality, r.station_name): r["count"] for r in scans})
+
+
+def test_scanner_utilization_rebuild_replaces_the_table(spark, flow):
+    from medspark.metrics.utilization import rebuild
+
+    config = flow["config"]
+    before = sorted(
+        (r.modality, r.station_name, str(r.day), r.instances)
+        for r in _table(spark, flow, "scanner_utilization").collect()
+    )
+    # The first rebuild created the table (an append); a later one must overwrite, not add.
+    args = (config.table_path("restricted_acquisitions"), config.table_path("scanner_utilization"))
+    rebuild(spark, *args, "rebuild-again", config.metrics.study_span_cap_hours)
+    after = _table(spark, flow, "scanner_utilization").collect()
+    assert sorted((r.modality, r.station_name, str(r.day), r.instances) for r in after) == before
+    assert {r.run_id for r in after} == {"rebuild-again"}
