@@ -6,7 +6,8 @@ each run into a fresh warehouse, and prints for every run the seconds of each De
 Spark's monitoring REST API, how many jobs the last run started, their summed duration, and
 the slowest ones. The first run of a session is JIT-cold; later runs show the steady state.
 
-Usage: ``python bench/profile_steps.py SOURCE [--runs 2] [--cores 2] [--conf YAML]``;
+Usage: ``python bench/profile_steps.py SOURCE [--runs 2] [--cores 2] [--conf YAML] [--all-jobs]``
+(``--all-jobs``: every job of the last run in submission order, with its start offset);
 SOURCE as for ``medspark ingest`` (e.g. a directory from ``bench/synth.py``).
 """
 
@@ -59,8 +60,9 @@ def _jobs(spark: Any, group: str) -> list[dict[str, Any]]:
             datetime.strptime(job["completionTime"], fmt)
             - datetime.strptime(job["submissionTime"], fmt)
         ).total_seconds()
+        submitted = datetime.strptime(job["submissionTime"], fmt).timestamp()
         out.append({"id": job["jobId"], "seconds": seconds, "tasks": job["numTasks"],
-                    "name": job["name"]})  # fmt: skip
+                    "name": job["name"], "submitted": submitted})  # fmt: skip
     return out
 
 
@@ -71,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--conf", type=Path, default=None, help="pipeline YAML (default: defaults)")
+    parser.add_argument("--all-jobs", action="store_true", help="list every job of the last run")
     args = parser.parse_args(argv)
 
     _timed(pipeline, "merge_into", lambda spark, df, path, table: f"write {table}")
@@ -101,6 +104,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"last run: {len(jobs)} Spark jobs, {sum(j['seconds'] for j in jobs):.1f} s summed "
             "(jobs of concurrent writes overlap); slowest:"
         )
+        if args.all_jobs and jobs:
+            first = min(j["submitted"] for j in jobs)
+            for job in sorted(jobs, key=lambda j: j["submitted"]):
+                at = job["submitted"] - first
+                print(f"  +{at:6.2f} s {job['seconds']:6.2f} s  job {job['id']:<4} "
+                      f"{job['tasks']:>3} tasks  {job['name'][:60]}")  # fmt: skip
+            print("slowest:")
         for job in sorted(jobs, key=lambda j: -j["seconds"])[:8]:
             print(f"  {job['seconds']:6.2f} s  job {job['id']:<4} {job['tasks']:>3} tasks  "
                   f"{job['name'][:70]}")  # fmt: skip
