@@ -54,6 +54,7 @@ from bench_preprocess import (
     pool_passes,
     table,
     timed,
+    timed_cpu,
     versions,
     write_json,
 )
@@ -165,11 +166,11 @@ def bench_spark(
             warm = Measurement(f"spark_e2e{suffix}", images=n, note=f"warm, local[{c}]")
             for i in range(repeat):
                 wh = workdir / f"wh{suffix}_{i}"
-                seconds, frames = timed(lambda wh=wh, s=spark: spark_e2e(s, source, wh))
+                seconds, cpu, frames = timed_cpu(lambda wh=wh, s=spark: spark_e2e(s, source, wh))
                 if frames != n:
                     print(f"WARNING: spark_e2e wrote {frames} frames, not {n}", file=sys.stderr)
-                warm.runs.append(seconds)
-                log(f"spark_e2e{suffix} run {i + 1}: {seconds:.2f} s")
+                warm.add_run(seconds, cpu)
+                log(f"spark_e2e{suffix} run {i + 1}: {seconds:.2f} s, CPU self/jvm/python {cpu}")
             rows.append(warm)
         finally:
             spark.stop()

@@ -77,6 +77,11 @@ class Measurement:
     runs: list[float] = field(default_factory=list)  # seconds of each timed run
     images: int = 0  # frames produced per run (the images/s numerator)
     note: str = ""
+    cpu: list[dict[str, float]] = field(default_factory=list)  # CPU seconds of each run
+
+    def add_run(self, seconds: float, cpu: dict[str, float]) -> None:
+        self.runs.append(seconds)
+        self.cpu.append(cpu)
 
     @property
     def seconds(self) -> float:
@@ -97,8 +102,15 @@ class Measurement:
             "images": self.images,
             "images_per_s": self.images_per_s,
             "ratio_to_pool": self.images_per_s / ref if ref else None,
+            "cpu_seconds": self.cpu,
             "note": self.note,
         }
+
+    def best_cpu(self) -> dict[str, float]:
+        """CPU seconds of the best run (empty when not measured)."""
+        if not self.cpu:
+            return {}
+        return self.cpu[self.runs.index(self.seconds)]
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -226,6 +238,54 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by this process and its live descendants.
+
+    ``self``: this process (the loop, the pool's parent, Spark's Python driver); ``jvm``:
+    descendant ``java`` processes (Spark's driver and executors in local mode); ``python``: the
+    other descendants (pool workers, Spark's Python daemon and workers). Read from
+    ``/proc/PID/stat``, so Linux only (empty elsewhere). A process that exits between two
+    readings takes its seconds with it; the pool's and Spark's workers live for the whole run.
+    """
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    procs: dict[int, tuple[int, str, float]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        # After the command: state, ppid, ... utime and stime are fields 14 and 15 of stat(5).
+        procs[int(stat.parent.name)] = (
+            int(fields[1]),
+            comm,
+            (int(fields[11]) + int(fields[12])) / tick,
+        )
+    me = os.getpid()
+    if me not in procs:
+        return {}
+    out = {"self": procs[me][2], "jvm": 0.0, "python": 0.0}
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    todo = list(children.get(me, []))
+    while todo:
+        pid = todo.pop()
+        _, comm, cpu = procs[pid]
+        out["jvm" if comm == "java" else "python"] += cpu
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def timed_cpu(fn: Callable[[], Any]) -> tuple[float, dict[str, float], Any]:
+    """Like :func:`timed`, plus the CPU seconds of :func:`cpu_seconds` spent meanwhile."""
+    before = cpu_seconds()
+    seconds, result = timed(fn)
+    after = cpu_seconds()
+    return seconds, {k: round(after[k] - before.get(k, 0.0), 2) for k in after}, result
+
+
 def versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for dist in (
@@ -307,11 +367,15 @@ def repeated(
     """``repeat`` timed passes of ``run``, each checked for ``n`` frames and no error row."""
     m = Measurement(name, images=n, note=note)
     for i in range(repeat):
-        seconds, tally = timed(run)
+        seconds, cpu, tally = timed_cpu(run)
         expect(name, tally, n)
-        m.runs.append(seconds)
-        log(f"{name} run {i + 1}: {seconds:.2f} s")
+        m.add_run(seconds, cpu)
+        log(f"{name} run {i + 1}: {seconds:.2f} s, CPU {_cpu_text(cpu)}")
     return m
+
+
+def _cpu_text(cpu: dict[str, float]) -> str:
+    return "/".join(f"{cpu[k]:.1f}" for k in ("self", "jvm", "python")) if cpu else "-"
 
 
 def pool_passes(
@@ -397,9 +461,9 @@ def bench_spark(
         log(f"spark_transform cold: {seconds:.2f} s ({parts} partitions)")
         warm = Measurement("spark_transform", images=n, note=f"noop sink, {parts} partitions")
         for i in range(repeat):
-            seconds, _ = timed(transform)
-            warm.runs.append(seconds)
-            log(f"spark_transform run {i + 1}: {seconds:.2f} s")
+            seconds, cpu, _ = timed_cpu(transform)
+            warm.add_run(seconds, cpu)
+            log(f"spark_transform run {i + 1}: {seconds:.2f} s, CPU {_cpu_text(cpu)}")
 
         full = Measurement("spark_preprocess", note="Delta MERGE into fresh tables each run")
         for i in range(repeat):
@@ -408,12 +472,15 @@ def bench_spark(
                 config.tables, images=f"images_r{i}", preprocess_errors=f"preprocess_errors_r{i}"
             )
             run_config = with_overrides(config, tables=tables)
-            seconds, res = timed(lambda c=run_config: preprocess(spark, c))
+            seconds, cpu, res = timed_cpu(lambda c=run_config: preprocess(spark, c))
             if res.frames != n or sum(res.errors_by_class.values()):
                 print(f"WARNING: spark_preprocess: {res.summary()}", file=sys.stderr)
-            full.runs.append(seconds)
+            full.add_run(seconds, cpu)
             full.images = res.frames
-            log(f"spark_preprocess run {i + 1}: {seconds:.2f} s ({res.frames} frames)")
+            log(
+                f"spark_preprocess run {i + 1}: {seconds:.2f} s ({res.frames} frames), "
+                f"CPU {_cpu_text(cpu)}"
+            )
         spark_info = {
             "master": spark.sparkContext.master,
             "default_parallelism": parallelism,
@@ -425,12 +492,15 @@ def bench_spark(
 
 
 def table(rows: Sequence[Measurement], reference: Measurement | None) -> str:
-    lines = [f"{'variant':<22}{'seconds':>9}{'images/s':>11}{'x pool':>8}  runs (s)"]
+    """The results table; ``CPU s`` is the best run's self/jvm/python CPU seconds."""
+    lines = [f"{'variant':<22}{'seconds':>9}{'images/s':>11}{'x pool':>8}  {'CPU s':<16}  runs (s)"]
     for m in rows:
         ratio = m.images_per_s / reference.images_per_s if reference else math.nan
         runs = ", ".join(f"{s:.2f}" for s in m.runs)
+        cpu = _cpu_text(m.best_cpu())
         lines.append(
-            f"{m.variant:<22}{m.seconds:>9.2f}{m.images_per_s:>11.1f}{ratio:>8.2f}  {runs}"
+            f"{m.variant:<22}{m.seconds:>9.2f}{m.images_per_s:>11.1f}{ratio:>8.2f}  {cpu:<16}  "
+            f"{runs}"
         )
     return "\n".join(lines)
 
