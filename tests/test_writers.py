@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import pytest
+
 from medspark.tables.schemas import INGEST_ERRORS
 from medspark.tables.writers import delete_matching, merge_into
+
+pytestmark = pytest.mark.spark
 
 
 def _errors(spark, rows: list[tuple[str, str | None, str]]):
