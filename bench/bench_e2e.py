@@ -46,6 +46,7 @@ from bench_preprocess import (
     ItemReader,
     Measurement,
     Tally,
+    cpu_text,
     default_settings,
     expect,
     generate,
@@ -170,7 +171,7 @@ def bench_spark(
                 if frames != n:
                     print(f"WARNING: spark_e2e wrote {frames} frames, not {n}", file=sys.stderr)
                 warm.add_run(seconds, cpu)
-                log(f"spark_e2e{suffix} run {i + 1}: {seconds:.2f} s, CPU self/jvm/python {cpu}")
+                log(f"spark_e2e{suffix} run {i + 1}: {seconds:.2f} s, CPU {cpu_text(cpu)}")
             rows.append(warm)
         finally:
             spark.stop()

@@ -370,11 +370,12 @@ def repeated(
         seconds, cpu, tally = timed_cpu(run)
         expect(name, tally, n)
         m.add_run(seconds, cpu)
-        log(f"{name} run {i + 1}: {seconds:.2f} s, CPU {_cpu_text(cpu)}")
+        log(f"{name} run {i + 1}: {seconds:.2f} s, CPU {cpu_text(cpu)}")
     return m
 
 
-def _cpu_text(cpu: dict[str, float]) -> str:
+def cpu_text(cpu: dict[str, float]) -> str:
+    """CPU seconds as self/jvm/python, or ``-`` when not measured."""
     return "/".join(f"{cpu[k]:.1f}" for k in ("self", "jvm", "python")) if cpu else "-"
 
 
@@ -463,7 +464,7 @@ def bench_spark(
         for i in range(repeat):
             seconds, cpu, _ = timed_cpu(transform)
             warm.add_run(seconds, cpu)
-            log(f"spark_transform run {i + 1}: {seconds:.2f} s, CPU {_cpu_text(cpu)}")
+            log(f"spark_transform run {i + 1}: {seconds:.2f} s, CPU {cpu_text(cpu)}")
 
         full = Measurement("spark_preprocess", note="Delta MERGE into fresh tables each run")
         for i in range(repeat):
@@ -479,7 +480,7 @@ def bench_spark(
             full.images = res.frames
             log(
                 f"spark_preprocess run {i + 1}: {seconds:.2f} s ({res.frames} frames), "
-                f"CPU {_cpu_text(cpu)}"
+                f"CPU {cpu_text(cpu)}"
             )
         spark_info = {
             "master": spark.sparkContext.master,
@@ -497,7 +498,7 @@ def table(rows: Sequence[Measurement], reference: Measurement | None) -> str:
     for m in rows:
         ratio = m.images_per_s / reference.images_per_s if reference else math.nan
         runs = ", ".join(f"{s:.2f}" for s in m.runs)
-        cpu = _cpu_text(m.best_cpu())
+        cpu = cpu_text(m.best_cpu())
         lines.append(
             f"{m.variant:<22}{m.seconds:>9.2f}{m.images_per_s:>11.1f}{ratio:>8.2f}  {cpu:<16}  "
             f"{runs}"

@@ -56,13 +56,10 @@ def _jobs(spark: Any, group: str) -> list[dict[str, Any]]:
     for job in jobs:
         if job.get("jobGroup") != group or "completionTime" not in job:
             continue
-        seconds = (
-            datetime.strptime(job["completionTime"], fmt)
-            - datetime.strptime(job["submissionTime"], fmt)
-        ).total_seconds()
-        submitted = datetime.strptime(job["submissionTime"], fmt).timestamp()
+        submitted = datetime.strptime(job["submissionTime"], fmt)
+        seconds = (datetime.strptime(job["completionTime"], fmt) - submitted).total_seconds()
         out.append({"id": job["jobId"], "seconds": seconds, "tasks": job["numTasks"],
-                    "name": job["name"], "submitted": submitted})  # fmt: skip
+                    "name": job["name"], "submitted": submitted.timestamp()})  # fmt: skip
     return out
 
 
@@ -102,15 +99,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs = _jobs(spark, group)
         print(
             f"last run: {len(jobs)} Spark jobs, {sum(j['seconds'] for j in jobs):.1f} s summed "
-            "(jobs of concurrent writes overlap); slowest:"
+            "(jobs of concurrent writes overlap)"
         )
         if args.all_jobs and jobs:
+            print("in submission order (start offset, duration):")
             first = min(j["submitted"] for j in jobs)
             for job in sorted(jobs, key=lambda j: j["submitted"]):
                 at = job["submitted"] - first
                 print(f"  +{at:6.2f} s {job['seconds']:6.2f} s  job {job['id']:<4} "
                       f"{job['tasks']:>3} tasks  {job['name'][:60]}")  # fmt: skip
-            print("slowest:")
+        print("slowest:")
         for job in sorted(jobs, key=lambda j: -j["seconds"])[:8]:
             print(f"  {job['seconds']:6.2f} s  job {job['id']:<4} {job['tasks']:>3} tasks  "
                   f"{job['name'][:70]}")  # fmt: skip
