@@ -31,6 +31,10 @@ def _common(parser: argparse.ArgumentParser, *, warehouse_required: bool = True)
         required=warehouse_required,
         help="directory holding the Delta tables (created if missing)",
     )
+    parser.add_argument(
+        "--restricted-warehouse",
+        help="directory of the restricted_* tables (default: <warehouse>_restricted, mode 0700)",
+    )
     parser.add_argument("--conf", help="pipeline YAML (default: conf/pipeline.yaml if present)")
     parser.add_argument("--master", help="Spark master URL (default from config: local[2])")
     parser.add_argument(
@@ -111,7 +115,12 @@ def _load(args: argparse.Namespace, warehouse: str | None) -> Any:
     from medspark.config import load_config, with_overrides
 
     config = load_config(args.conf)
-    return with_overrides(config, warehouse=warehouse)
+    restricted = getattr(args, "restricted_warehouse", None)
+    return with_overrides(
+        config,
+        warehouse=warehouse,
+        restricted_warehouse=str(Path(restricted).absolute()) if restricted else None,
+    )
 
 
 def _recorded(

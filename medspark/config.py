@@ -215,6 +215,11 @@ class DeidConfig:
     safe_private_tags: list[str] = field(default_factory=list)
     # Write restricted_phi_map (original -> pseudonymous ids); for data engineers only.
     phi_map: bool = False
+    # Frames that may show burned-in text (Burned In Annotation (0028,0301) YES, ultrasound,
+    # secondary capture): "clean" blacks out what lies outside the Sequence of Ultrasound
+    # Regions (0018,6011) and withholds the pixels of frames that declare no region (they go
+    # to restricted_images only); "keep" writes them to images as they are.
+    burned_in: Literal["clean", "keep"] = "clean"
 
 
 @dataclass(frozen=True)
@@ -255,9 +260,16 @@ class TablesConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """The whole configuration; ``warehouse`` may also come from ``--warehouse``."""
+    """The whole configuration; ``warehouse`` may also come from ``--warehouse``.
+
+    ``restricted_warehouse`` is the root of the ``restricted_*`` tables (true acquisition times,
+    the re-identification map, withheld pixels): apart from the analyst warehouse, so that
+    giving analysts the warehouse does not give them the key to every pseudonym. Default: the
+    warehouse's sibling ``<warehouse>_restricted``, created owner-only (0700).
+    """
 
     warehouse: str | None = None
+    restricted_warehouse: str | None = None
     spark: SparkConfig = field(default_factory=SparkConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -267,10 +279,25 @@ class PipelineConfig:
     tables: TablesConfig = field(default_factory=TablesConfig)
 
     def table_path(self, name: str) -> str:
-        """Path of the Delta table configured under ``tables.<name>``."""
+        """Path of the Delta table configured under ``tables.<name>``.
+
+        ``restricted_*`` tables live under :meth:`restricted_root`, the others under the
+        warehouse.
+        """
+        root = self.restricted_root() if name.startswith("restricted_") else self._warehouse()
+        return str(root / getattr(self.tables, name))
+
+    def _warehouse(self) -> Path:
         if self.warehouse is None:
             raise ConfigError("warehouse", None, "a directory path (set it or pass --warehouse)")
-        return str(Path(self.warehouse) / getattr(self.tables, name))
+        return Path(self.warehouse)
+
+    def restricted_root(self) -> Path:
+        """Root of the ``restricted_*`` tables: ``restricted_warehouse``, else a sibling."""
+        if self.restricted_warehouse:
+            return Path(self.restricted_warehouse)
+        warehouse = self._warehouse()
+        return warehouse.with_name(warehouse.name + "_restricted")
 
 
 def _type_name(tp: object) -> str:

@@ -474,7 +474,8 @@ def test_sequences_are_cleaned_recursively():
     ref = doc["00081140"]["Value"][0]
     assert ref["00081150"]["Value"] == ["1.2.840.10008.5.1.4.1.1.2"]
     assert ref["00081155"]["Value"] == [p.uid("1.2.999.42.7")]  # resolves to the new SOP UID
-    assert "Value" not in ref["0040A123"]
+    # Person Name (0040,A123) is D in Table E.1-1 2026c: a dummy, the same as at top level.
+    assert ref["0040A123"]["Value"] == [{"Alphabetic": "ANONYMIZED"}]
     shift = p.date_shift_days(out["patient_id"])
     expected = (dt.date(2004, 1, 19) + dt.timedelta(days=shift)).strftime("%Y%m%d")
     assert ref["0040A032"]["Value"] == [expected + "101010.5+0100"]

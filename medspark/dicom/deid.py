@@ -18,41 +18,47 @@ updates its row instead of adding one, and studies from different runs stay link
 holds the secret and an original value can confirm a pseudonym; nobody can invert one. A change
 of secret therefore changes every pseudonym (all keys of the ``scans`` table): keep it.
 
-The attribute actions follow PS3.15 Table E.1-1 (Application Level Confidentiality Profile
-Attributes) as of the 2023/2024 editions, written down here from the standard as the author
-knows it (the table was not machine-read); entries marked ``beyond`` in :data:`ACTIONS` go
-further than the Basic Profile. The codes are those of Table E.1-1:
+The attribute actions are those of PS3.15 Table E.1-1, machine-read and stored as data with
+its edition (:mod:`medspark.dicom.deid_table`, ``deid_e1_1.json``; edition 2026c); this module
+holds only the logic. :data:`MEDSPARK_RULES` adds a few rules that are stricter than the table.
+The codes are those of Table E.1-1:
 
 * ``X`` remove; ``Z`` replace with a zero-length value; ``D`` replace with a dummy value;
   ``U`` replace with a consistent UID; ``K`` keep; ``C`` clean (for dates: shift).
 
-Simplifications, deliberate for analyst tables (no DICOM object is written back, so Type 1/2
+Choices, deliberate for analyst tables (no DICOM object is written back, so Type 1/2
 conformance of the JSON does not matter, while leaking does):
 
-* ``D`` is honoured as ``Z`` (empty value) for elements and ``X`` for sequences, except Patient
-  ID (0010,0020) whose dummy is the pseudonymous patient key (analysts count patients with it).
-* Composite actions (``X/Z``, ``X/D``, ``Z/D``, ``X/Z/D``) take the first, strictest choice;
-  ``X/Z/U`` reference sequences (Referenced Image (0008,1140), Source Image (0008,2112), ...)
+* ``D`` gives a dummy of the element's VR (``ANONYMIZED``, ``19000101``, 0, an empty sequence;
+  a consistent UID for UI), except Patient ID (0010,0020), whose dummy is the pseudonymous
+  patient key (analysts count patients with it).
+* Combined actions (``X/Z``, ``X/D``, ``Z/D``, ``X/Z/D``) take the first, strictest choice;
+  ``X/Z/U*`` reference sequences (Referenced Image (0008,1140), Source Image (0008,2112), ...)
   are kept and cleaned recursively, their UIDs replaced (the ``U`` choice), so references
   between pseudonymised instances still resolve.
+* Every attribute inside a sequence item gets the same action as at top level, at any depth.
+* Options: Retain Longitudinal Temporal Information with Modified Dates (``shift_dates``),
+  Retain Patient Characteristics and Retain Device Identity, each from its column of the
+  table. An option's ``C`` on free text removes it (medspark cleans no text). Retain Device
+  Identity keeps station, manufacturer and model but never a serial number, device id or
+  device UID (:data:`_DEVICE_ID_NAME`). Clean Descriptors, Clean Structured Content, Clean
+  Graphics, Retain UIDs and Retain Institution Identity are not offered: those attributes get
+  their Basic Profile action.
 * Every UI value is replaced (``U``) except UIDs defined by DICOM (root 1.2.840.10008.) and
   attributes that hold class, syntax or coding-scheme UIDs (:data:`KEPT_UID_TAGS`), not only the
   UIDs listed in E.1-1: a UID from the hospital's root is a link back to its PACS.
-* Every PN value (person name), AE title and UR (URL) value is removed, listed or not: names
-  of staff, the hospital's application entities and retrieve URLs (which carry original UIDs)
+* Every PN value (person name), AE title and UR (URL) value is removed (or emptied), listed or
+  not, unless the table gives it a dummy: names of staff, the hospital's application entities and retrieve URLs (which carry original UIDs)
   identify the source. Stricter than E.1-1.
 * Dates (VR DA, DT) anywhere are shifted by the patient's offset with ``shift_dates`` (Retain
   Longitudinal Temporal Information with Modified Dates Option, E.3.6), else removed; the
   option's "C" is implemented as a whole-day shift, so times (VR TM) are kept as they are. With
-  ``shift_dates`` off, the times that E.1-1 lists (Study Time (0008,0030), ...) are removed
-  with their dates, as the Basic Profile does. Patient's Birth Date (0010,0030) is removed in
-  every case (E.1-1 gives no option that keeps it); Patient's Age (0010,1010) is the option
-  that retains age.
-* The Clean Descriptors, Clean Structured Content, Clean Graphics and Clean Pixel Data options
-  are not implemented: descriptions, SR Content Sequence (0040,A730), Graphic Annotation
-  Sequence (0070,0001), Icon Image Sequence (0088,0200) and overlays are removed instead.
-  Pixel data is not in the analyst tables (only as a bulk-data reference), and burnt-in
-  annotation in pixels is not addressed here at all.
+  ``shift_dates`` off, the times that E.1-1 lists (Study Time (0008,0030), ...) get their
+  Basic Profile action with their dates. Patient's Birth Date (0010,0030) is emptied in every
+  case (E.1-1 gives no option that keeps it); Patient's Age (0010,1010) is the option that
+  retains age.
+* Burned-in text in pixels is handled by preprocessing (``deid.burned_in``), not here: this
+  module sees the header only.
 * Free text in attributes that E.1-1 does not list (e.g. a site putting a name into Body Part
   Examined (0018,0015)) is not detected: the profile assumes standard use of attributes.
 * Private attributes (odd group) are removed unless listed in ``safe_private_tags`` (Retain
@@ -79,6 +85,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medspark.config import DeidConfig
+from medspark.dicom.deid_table import ActionTable, load_table
 from medspark.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -91,308 +98,49 @@ REMOVE = "X"
 EMPTY = "Z"
 DUMMY = "D"
 KEEP = "K"
+CLEAN = "C"
+UID = "U"
 
-# Which Table E.1-1 option column turns an action into K (or C for dates).
-DATES = "dates"  # Retain Longitudinal Temporal Information with Modified Dates (C: shift)
-PATIENT = "patient"  # Retain Patient Characteristics (K)
-DEVICE = "device"  # Retain Device Identity (K)
+# Option columns of Table E.1-1 that medspark offers (see medspark.dicom.deid_table).
+DATES = "retain_modified_dates"  # Retain Longitudinal Temporal Information with Modified Dates
+PATIENT = "retain_patient_characteristics"  # Retain Patient Characteristics
+DEVICE = "retain_device_identity"  # Retain Device Identity
 
-#: Attribute actions: tag "GGGGEEEE" -> (keyword, Basic Profile action, option or "").
-#: From PS3.15 Table E.1-1; the comment "beyond" marks rows that are not in the table (or are
-#: stricter than it) and are removed here because they identify a patient, person or site.
-ACTIONS: dict[str, tuple[str, str, str]] = {
-    # --- Patient identification (Patient module, Patient Identification) ---
-    "00100010": ("PatientName", EMPTY, ""),
-    "00100020": ("PatientID", DUMMY, ""),  # Z in E.1-1; dummy = pseudonymous patient key
-    "00100021": ("IssuerOfPatientID", REMOVE, ""),
+#: medspark's own rules, applied before Table E.1-1: tag -> (keyword, action, option or "").
+#: Each is stricter than the table or fills a gap it leaves for analyst tables.
+MEDSPARK_RULES: dict[str, tuple[str, str, str]] = {
+    # Z in E.1-1; the dummy here is the pseudonymous patient key (analysts count patients).
+    "00100020": ("PatientID", DUMMY, ""),
+    # Not in E.1-1 (kept by the Basic Profile); together with Station Name they name the
+    # scanner, so medspark keeps them only with Retain Device Identity.
+    "00080070": ("Manufacturer", KEEP, DEVICE),
+    "00081090": ("ManufacturerModelName", KEEP, DEVICE),
+    # Not in the 2026c table as machine-read; patient identity or history, removed as the
+    # hand-typed table of earlier medspark versions did, so no attribute became less strict.
     "00100024": ("IssuerOfPatientIDQualifiersSequence", REMOVE, ""),
-    "00100030": ("PatientBirthDate", EMPTY, ""),
-    "00100032": ("PatientBirthTime", REMOVE, ""),
     "00100033": ("PatientBirthDateInAlternativeCalendar", REMOVE, ""),
     "00100034": ("PatientDeathDateInAlternativeCalendar", REMOVE, ""),
     "00100035": ("PatientAlternativeCalendar", REMOVE, ""),
-    "00100050": ("PatientInsurancePlanCodeSequence", REMOVE, ""),
-    "00100101": ("PatientPrimaryLanguageCodeSequence", REMOVE, ""),
-    "00100102": ("PatientPrimaryLanguageModifierCodeSequence", REMOVE, ""),
-    "00101000": ("OtherPatientIDs", REMOVE, ""),
-    "00101001": ("OtherPatientNames", REMOVE, ""),
-    "00101002": ("OtherPatientIDsSequence", REMOVE, ""),
-    "00101005": ("PatientBirthName", REMOVE, ""),
-    "00101040": ("PatientAddress", REMOVE, ""),
-    "00101050": ("InsurancePlanIdentification", REMOVE, ""),
-    "00101060": ("PatientMotherBirthName", REMOVE, ""),
-    "00101080": ("MilitaryRank", REMOVE, ""),
-    "00101081": ("BranchOfService", REMOVE, ""),
-    "00101090": ("MedicalRecordLocator", REMOVE, ""),
-    "00101100": ("ReferencedPatientPhotoSequence", REMOVE, ""),
-    "00102150": ("CountryOfResidence", REMOVE, ""),
-    "00102152": ("RegionOfResidence", REMOVE, ""),
-    "00102154": ("PatientTelephoneNumbers", REMOVE, ""),
-    "00102155": ("PatientTelecomInformation", REMOVE, ""),
-    "00102160": ("EthnicGroup", REMOVE, ""),
-    "00102180": ("Occupation", REMOVE, ""),
-    "001021F0": ("PatientReligiousPreference", REMOVE, ""),
-    "00102297": ("ResponsiblePerson", REMOVE, ""),
-    "00102299": ("ResponsibleOrganization", REMOVE, ""),
-    "00104000": ("PatientComments", REMOVE, ""),
-    "00380010": ("AdmissionID", REMOVE, ""),
-    "00380011": ("IssuerOfAdmissionID", REMOVE, ""),
-    "00380014": ("IssuerOfAdmissionIDSequence", REMOVE, ""),
-    "0038001E": ("ScheduledPatientInstitutionResidence", REMOVE, ""),
-    "00380020": ("AdmittingDate", REMOVE, ""),
-    "00380021": ("AdmittingTime", REMOVE, ""),
-    "00380040": ("DischargeDiagnosisDescription", REMOVE, ""),
-    "00380050": ("SpecialNeeds", REMOVE, ""),
-    "00380060": ("ServiceEpisodeID", REMOVE, ""),
-    "00380061": ("IssuerOfServiceEpisodeID", REMOVE, ""),
-    "00380062": ("ServiceEpisodeDescription", REMOVE, ""),
-    "00380300": ("CurrentPatientLocation", REMOVE, ""),
-    "00380400": ("PatientInstitutionResidence", REMOVE, ""),
-    "00380500": ("PatientState", REMOVE, ""),
-    "00384000": ("VisitComments", REMOVE, ""),
     "00381234": ("ReferencedPatientAliasSequence", REMOVE, ""),
-    "00081120": ("ReferencedPatientSequence", REMOVE, ""),
-    # --- Patient characteristics: kept with Retain Patient Characteristics Option ---
-    "00101010": ("PatientAge", REMOVE, PATIENT),
-    "00100040": ("PatientSex", EMPTY, PATIENT),
-    "00101020": ("PatientSize", REMOVE, PATIENT),
-    "00101030": ("PatientWeight", REMOVE, PATIENT),
-    "00102203": ("PatientSexNeutered", REMOVE, PATIENT),
-    "001021A0": ("SmokingStatus", REMOVE, PATIENT),
-    "001021C0": ("PregnancyStatus", REMOVE, PATIENT),
-    "00102000": ("MedicalAlerts", REMOVE, ""),
-    "00102110": ("Allergies", REMOVE, ""),
-    "001021B0": ("AdditionalPatientHistory", REMOVE, ""),
-    "001021D0": ("LastMenstrualDate", REMOVE, ""),
-    # --- Study, visit and request identification ---
-    "00080050": ("AccessionNumber", EMPTY, ""),
-    "00080051": ("IssuerOfAccessionNumberSequence", REMOVE, ""),  # beyond
-    "00200010": ("StudyID", EMPTY, ""),
-    "00320012": ("StudyIDIssuer", REMOVE, ""),
-    "00081030": ("StudyDescription", REMOVE, ""),
-    "0008103E": ("SeriesDescription", REMOVE, ""),
-    "00181030": ("ProtocolName", REMOVE, ""),  # X/D
-    "00081080": ("AdmittingDiagnosesDescription", REMOVE, ""),
-    "00081084": ("AdmittingDiagnosesCodeSequence", REMOVE, ""),
-    "00084000": ("IdentifyingComments", REMOVE, ""),
-    "00204000": ("ImageComments", REMOVE, ""),
-    "00209158": ("FrameComments", REMOVE, ""),
-    "00284000": ("ImagePresentationComments", REMOVE, ""),
-    "00324000": ("StudyComments", REMOVE, ""),
-    "00321030": ("ReasonForStudy", REMOVE, ""),
-    "00321032": ("RequestingPhysician", REMOVE, ""),
-    "00321033": ("RequestingService", REMOVE, ""),
-    "00321060": ("RequestedProcedureDescription", REMOVE, ""),
-    "00321070": ("RequestedContrastAgent", REMOVE, ""),
-    "00321020": ("ScheduledStudyLocation", REMOVE, ""),
-    "00321021": ("ScheduledStudyLocationAETitle", REMOVE, ""),
-    "00082111": ("DerivationDescription", REMOVE, ""),
-    "00184000": ("AcquisitionComments", REMOVE, ""),
-    "00181400": ("AcquisitionDeviceProcessingDescription", REMOVE, ""),
-    "00189424": ("AcquisitionProtocolDescription", REMOVE, ""),
-    "00400555": ("AcquisitionContextSequence", REMOVE, ""),
-    "00400556": ("AcquisitionContextDescription", REMOVE, ""),
-    "00180010": ("ContrastBolusAgent", REMOVE, ""),  # Z/D
-    "00400012": ("PreMedication", REMOVE, ""),
-    "00400275": ("RequestAttributesSequence", REMOVE, ""),
-    "00401001": ("RequestedProcedureID", REMOVE, ""),
-    "00401005": ("RequestedProcedureLocation", REMOVE, ""),
-    "00401010": ("NamesOfIntendedRecipientsOfResults", REMOVE, ""),
-    "00401011": ("IntendedRecipientsOfResultsIdentificationSequence", REMOVE, ""),
-    "00401101": ("PersonIdentificationCodeSequence", REMOVE, ""),  # D
-    "00401102": ("PersonAddress", REMOVE, ""),
-    "00401103": ("PersonTelephoneNumbers", REMOVE, ""),
-    "00401104": ("PersonTelecomInformation", REMOVE, ""),
-    "00401400": ("RequestedProcedureComments", REMOVE, ""),
-    "00402001": ("ReasonForTheImagingServiceRequest", REMOVE, ""),
-    "00402008": ("OrderEnteredBy", REMOVE, ""),
-    "00402009": ("OrderEntererLocation", REMOVE, ""),
-    "00402010": ("OrderCallbackPhoneNumber", REMOVE, ""),
-    "00402011": ("OrderCallbackTelecomInformation", REMOVE, ""),
-    "00402016": ("PlacerOrderNumberImagingServiceRequest", EMPTY, ""),
-    "00402017": ("FillerOrderNumberImagingServiceRequest", EMPTY, ""),
-    "00402400": ("ImagingServiceRequestComments", REMOVE, ""),
-    "00403001": ("ConfidentialityConstraintOnPatientDataDescription", REMOVE, ""),
-    # --- Scheduled / performed procedure steps ---
-    "00400001": ("ScheduledStationAETitle", REMOVE, ""),
-    "00400002": ("ScheduledProcedureStepStartDate", REMOVE, ""),
-    "00400003": ("ScheduledProcedureStepStartTime", REMOVE, ""),
-    "00400004": ("ScheduledProcedureStepEndDate", REMOVE, ""),
-    "00400005": ("ScheduledProcedureStepEndTime", REMOVE, ""),
-    "00400006": ("ScheduledPerformingPhysicianName", REMOVE, ""),
-    "00400007": ("ScheduledProcedureStepDescription", REMOVE, ""),
-    "00400009": ("ScheduledProcedureStepID", REMOVE, ""),
-    "0040000B": ("ScheduledPerformingPhysicianIdentificationSequence", REMOVE, ""),
-    "00400010": ("ScheduledStationName", REMOVE, ""),
-    "00400011": ("ScheduledProcedureStepLocation", REMOVE, ""),
-    "00404025": ("ScheduledStationNameCodeSequence", REMOVE, ""),
-    "00404027": ("ScheduledStationGeographicLocationCodeSequence", REMOVE, ""),
-    "00404034": ("ScheduledHumanPerformersSequence", REMOVE, ""),
-    "00400241": ("PerformedStationAETitle", REMOVE, ""),
-    "00400242": ("PerformedStationName", REMOVE, ""),
-    "00400243": ("PerformedLocation", REMOVE, ""),
-    "00400244": ("PerformedProcedureStepStartDate", REMOVE, DATES),
-    "00400245": ("PerformedProcedureStepStartTime", REMOVE, DATES),
-    "00400250": ("PerformedProcedureStepEndDate", REMOVE, DATES),
-    "00400251": ("PerformedProcedureStepEndTime", REMOVE, DATES),
-    "00400253": ("PerformedProcedureStepID", REMOVE, ""),
-    "00400254": ("PerformedProcedureStepDescription", REMOVE, ""),
-    "00400280": ("CommentsOnThePerformedProcedureStep", REMOVE, ""),
-    "00400310": ("CommentsOnRadiationDose", REMOVE, ""),
-    "00404028": ("PerformedStationNameCodeSequence", REMOVE, ""),
-    "00404030": ("PerformedStationGeographicLocationCodeSequence", REMOVE, ""),
-    "00404035": ("ActualHumanPerformersSequence", REMOVE, ""),
-    "00404036": ("HumanPerformerOrganization", REMOVE, ""),
-    "00404037": ("HumanPerformerName", REMOVE, ""),
-    # --- Institution and staff ---
-    "00080080": ("InstitutionName", REMOVE, ""),  # X/Z/D
-    "00080081": ("InstitutionAddress", REMOVE, ""),
-    "00080082": ("InstitutionCodeSequence", REMOVE, ""),
-    "00081040": ("InstitutionalDepartmentName", REMOVE, ""),
-    "00081041": ("InstitutionalDepartmentTypeCodeSequence", REMOVE, ""),
-    "00080090": ("ReferringPhysicianName", EMPTY, ""),
-    "00080092": ("ReferringPhysicianAddress", REMOVE, ""),
-    "00080094": ("ReferringPhysicianTelephoneNumbers", REMOVE, ""),
-    "00080096": ("ReferringPhysicianIdentificationSequence", REMOVE, ""),
-    "0008009C": ("ConsultingPhysicianName", REMOVE, ""),
-    "0008009D": ("ConsultingPhysicianIdentificationSequence", REMOVE, ""),
-    "00081048": ("PhysiciansOfRecord", REMOVE, ""),
-    "00081049": ("PhysiciansOfRecordIdentificationSequence", REMOVE, ""),
-    "00081050": ("PerformingPhysicianName", REMOVE, ""),
-    "00081052": ("PerformingPhysicianIdentificationSequence", REMOVE, ""),
-    "00081060": ("NameOfPhysiciansReadingStudy", REMOVE, ""),
-    "00081062": ("PhysiciansReadingStudyIdentificationSequence", REMOVE, ""),
-    "00081070": ("OperatorsName", REMOVE, ""),
-    "00081072": ("OperatorIdentificationSequence", REMOVE, ""),
-    "0040A073": ("VerifyingObserverSequence", REMOVE, ""),  # D
-    "0040A075": ("VerifyingObserverName", EMPTY, ""),  # D
-    "0040A027": ("VerifyingOrganization", REMOVE, ""),
-    "0040A088": ("VerifyingObserverIdentificationCodeSequence", EMPTY, ""),
-    "0040A078": ("AuthorObserverSequence", REMOVE, ""),
-    "0040A07A": ("ParticipantSequence", REMOVE, ""),
-    "0040A07C": ("CustodialOrganizationSequence", REMOVE, ""),
-    "0040A123": ("PersonName", EMPTY, ""),  # D
-    "0040A352": ("VerbalSourceTrial", REMOVE, ""),
-    "0040A358": ("VerbalSourceIdentifierCodeSequenceTrial", REMOVE, ""),
-    "00700084": ("ContentCreatorName", EMPTY, ""),
-    "00700086": ("ContentCreatorIdentificationCodeSequence", REMOVE, ""),
-    "300E0008": ("ReviewerName", REMOVE, ""),
-    "40080114": ("PhysicianApprovingInterpretation", REMOVE, ""),
-    # --- Equipment: kept with Retain Device Identity Option (serials: see below) ---
-    "00081010": ("StationName", REMOVE, DEVICE),
-    "00080070": ("Manufacturer", KEEP, DEVICE),  # not in E.1-1; removed when device off
-    "00081090": ("ManufacturerModelName", KEEP, DEVICE),  # not in E.1-1; likewise
-    # Serial numbers and device ids: E.1-1 keeps them with Retain Device Identity, medspark's
-    # DeidConfig removes them always (a serial names one machine in one hospital).
-    "00181000": ("DeviceSerialNumber", REMOVE, ""),
-    "00181002": ("DeviceUID", REMOVE, ""),
-    "00181004": ("PlateID", REMOVE, ""),
-    "00181005": ("GeneratorID", REMOVE, ""),
-    "00181007": ("CassetteID", REMOVE, ""),
-    "00181008": ("GantryID", REMOVE, ""),
-    "00181009": ("UniqueDeviceIdentifier", REMOVE, ""),
-    "0018100A": ("UDISequence", REMOVE, ""),
-    "0018700A": ("DetectorID", REMOVE, ""),
-    "00203401": ("ModifyingDeviceID", REMOVE, ""),
     "00203404": ("ModifyingDeviceManufacturer", REMOVE, ""),
-    "00203406": ("ModifiedImageDescription", REMOVE, ""),
-    "30080105": ("SourceSerialNumber", REMOVE, ""),
-    # --- Dates and times listed in E.1-1 (C = shift with the dates option) ---
-    "00080012": ("InstanceCreationDate", REMOVE, DATES),
-    "00080013": ("InstanceCreationTime", REMOVE, DATES),
-    "00080015": ("InstanceCoercionDateTime", REMOVE, ""),
-    "00080020": ("StudyDate", EMPTY, DATES),
-    "00080021": ("SeriesDate", REMOVE, DATES),
-    "00080022": ("AcquisitionDate", REMOVE, DATES),
-    "00080023": ("ContentDate", EMPTY, DATES),
-    "00080024": ("OverlayDate", REMOVE, DATES),
-    "00080025": ("CurveDate", REMOVE, DATES),
-    "0008002A": ("AcquisitionDateTime", REMOVE, DATES),
-    "00080030": ("StudyTime", EMPTY, DATES),
-    "00080031": ("SeriesTime", REMOVE, DATES),
-    "00080032": ("AcquisitionTime", REMOVE, DATES),
-    "00080033": ("ContentTime", EMPTY, DATES),
-    "00080034": ("OverlayTime", REMOVE, DATES),
-    "00080035": ("CurveTime", REMOVE, DATES),
-    "00080201": ("TimezoneOffsetFromUTC", REMOVE, ""),
-    "00181012": ("DateOfSecondaryCapture", REMOVE, DATES),
-    "00181014": ("TimeOfSecondaryCapture", REMOVE, DATES),
-    "00181200": ("DateOfLastCalibration", REMOVE, DATES),
-    "00181201": ("TimeOfLastCalibration", REMOVE, DATES),
-    "300A0006": ("RTPlanDate", REMOVE, DATES),
-    "300A0007": ("RTPlanTime", REMOVE, DATES),
-    # --- Structured content, annotations, text ---
-    "0040A730": ("ContentSequence", REMOVE, ""),  # X (Clean Structured Content not done)
-    "00700001": ("GraphicAnnotationSequence", REMOVE, ""),  # D
-    "00880200": ("IconImageSequence", REMOVE, ""),
-    "00880904": ("TopicTitle", REMOVE, ""),
-    "00880906": ("TopicSubject", REMOVE, ""),
-    "00880910": ("TopicAuthor", REMOVE, ""),
-    "00880912": ("TopicKeywords", REMOVE, ""),
-    "20300020": ("TextString", REMOVE, ""),
-    "40000010": ("Arbitrary", REMOVE, ""),
-    "40004000": ("TextComments", REMOVE, ""),
-    "40080042": ("ResultsIDIssuer", REMOVE, ""),
-    "40080102": ("InterpretationRecorder", REMOVE, ""),
-    "4008010A": ("InterpretationTranscriber", REMOVE, ""),
-    "4008010B": ("InterpretationText", REMOVE, ""),
-    "4008010C": ("InterpretationAuthor", REMOVE, ""),
-    "40080111": ("InterpretationApproverSequence", REMOVE, ""),
-    "40080115": ("InterpretationDiagnosisDescription", REMOVE, ""),
-    "40080118": ("ResultsDistributionListSequence", REMOVE, ""),
-    "40080119": ("DistributionName", REMOVE, ""),
-    "4008011A": ("DistributionAddress", REMOVE, ""),
-    "40080202": ("InterpretationIDIssuer", REMOVE, ""),
-    "40080300": ("Impressions", REMOVE, ""),
-    "40084000": ("ResultsComments", REMOVE, ""),
-    "0018A003": ("ContributionDescription", REMOVE, ""),
-    "30060002": ("StructureSetLabel", REMOVE, ""),  # D
-    "30060004": ("StructureSetName", REMOVE, ""),
-    "30060006": ("StructureSetDescription", REMOVE, ""),
-    "30060028": ("ROIDescription", REMOVE, ""),
-    "30060038": ("ROIGenerationDescription", REMOVE, ""),
-    "30060085": ("ROIObservationLabel", REMOVE, ""),
-    "30060088": ("ROIObservationDescription", REMOVE, ""),
-    "300600A6": ("ROIInterpreter", EMPTY, ""),
-    "300A0002": ("RTPlanLabel", REMOVE, ""),  # D
-    "300A0003": ("RTPlanName", REMOVE, ""),
-    "300A0004": ("RTPlanDescription", REMOVE, ""),
-    "300A000E": ("PrescriptionDescription", REMOVE, ""),
-    "300A0016": ("DoseReferenceDescription", REMOVE, ""),
-    "300A0072": ("FractionGroupDescription", REMOVE, ""),
-    "300A0216": ("SourceManufacturer", REMOVE, ""),
-    # --- Specimens ---
-    "00400512": ("ContainerIdentifier", EMPTY, ""),
-    "00400513": ("IssuerOfTheContainerIdentifierSequence", REMOVE, ""),
-    "00400551": ("SpecimenIdentifier", EMPTY, ""),
-    "00400562": ("IssuerOfTheSpecimenIdentifierSequence", REMOVE, ""),
-    # --- Security and provenance: would carry original values or signatures over them ---
-    "04000561": ("OriginalAttributesSequence", REMOVE, ""),
-    "04000100": ("DigitalSignatureUID", REMOVE, ""),
-    "04000402": ("ReferencedDigitalSignatureSequence", REMOVE, ""),
-    "04000403": ("ReferencedSOPInstanceMACSequence", REMOVE, ""),
-    "04000404": ("MAC", REMOVE, ""),
-    "FFFAFFFA": ("DigitalSignaturesSequence", REMOVE, ""),
-    "04000500": ("EncryptedAttributesSequence", REMOVE, ""),  # beyond
-    "00001000": ("AffectedSOPInstanceUID", REMOVE, ""),
-    # --- Clinical trial identification (beyond: usually added after de-identification, but
-    #     an earlier trial's subject/site ids must not survive into our tables) ---
-    "00120010": ("ClinicalTrialSponsorName", REMOVE, ""),
-    "00120030": ("ClinicalTrialSiteID", REMOVE, ""),
-    "00120031": ("ClinicalTrialSiteName", REMOVE, ""),
-    "00120040": ("ClinicalTrialSubjectID", REMOVE, ""),
-    "00120042": ("ClinicalTrialSubjectReadingID", REMOVE, ""),
-    "00120060": ("ClinicalTrialCoordinatingCenterName", REMOVE, ""),
-    "00120081": ("ClinicalTrialProtocolEthicsCommitteeName", REMOVE, ""),
-    "00120082": ("ClinicalTrialProtocolEthicsCommitteeApprovalNumber", REMOVE, ""),
-    # --- File meta (PS3.10; not in E.1-1, which covers the data set): the application entities
-    #     that sent and received the file name the hospital's systems (beyond) ---
+    # Not in E.1-1; an issuer names the hospital that assigned the accession number.
+    "00080051": ("IssuerOfAccessionNumberSequence", REMOVE, ""),
+    # Not in E.1-1; would carry original values (encrypted, but with the hospital's keys).
+    "04000500": ("EncryptedAttributesSequence", REMOVE, ""),
+    # File meta (PS3.10; E.1-1 covers the data set): the application entities that sent and
+    # received the file name the hospital's systems; private information is a vendor's.
     "00020016": ("SourceApplicationEntityTitle", REMOVE, ""),
     "00020017": ("SendingApplicationEntityTitle", REMOVE, ""),
     "00020018": ("ReceivingApplicationEntityTitle", REMOVE, ""),
     "00020100": ("PrivateInformationCreatorUID", REMOVE, ""),
     "00020102": ("PrivateInformation", REMOVE, ""),
 }
+
+#: Device identifiers that Retain Device Identity would keep but medspark removes always: a
+#: serial number or device id names one machine in one hospital. Chosen from the table's own
+#: names, so a new edition's identifiers are covered without a hand-typed list.
+_DEVICE_ID_NAME = re.compile(r"\b(Serial Number|ID|UID|Identifier)\b")
+
 
 #: UI attributes whose value names a class, syntax, scheme or template, not an instance: kept.
 #: (Any value under the DICOM root 1.2.840.10008. is kept too, wherever it appears.)
@@ -436,6 +184,19 @@ _MAX_UID_LEN = 64
 # VRs whose every value identifies a person, an application entity or a location of the source.
 _ALWAYS_REMOVED_VRS = {"PN": EMPTY, "AE": REMOVE, "UR": REMOVE}
 _DATE_VRS = ("DA", "DT")
+#: Dummy values (Table E.1-1 ``D``) by VR; a VR not listed is emptied instead.
+DUMMY_TEXT = "ANONYMIZED"
+_DUMMY_VALUES: dict[str, Any] = {
+    **dict.fromkeys(("AE", "CS", "SH", "LO", "ST", "LT", "UT", "UC", "UR"), DUMMY_TEXT),
+    "PN": {"Alphabetic": DUMMY_TEXT},
+    "DA": "19000101",
+    "DT": "19000101000000",
+    "TM": "000000",
+    "AS": "000Y",
+    "IS": 0,
+    "DS": 0,
+    **dict.fromkeys(("US", "SS", "UL", "SL", "UV", "SV", "FL", "FD"), 0),
+}
 
 #: ``scans`` columns and what :meth:`Pseudonymizer.deidentify_row` does with them. Anything else
 #: is refused: a new column must be classified here before it can reach an analyst table.
@@ -600,16 +361,6 @@ def _is_private(tag: str) -> bool:
     return int(tag[:4], 16) % 2 == 1
 
 
-def _repeating_group_action(tag: str) -> str | None:
-    """Curve Data (50xx,xxxx), Overlay Data (60xx,3000), Overlay Comments (60xx,4000): X."""
-    group = tag[:4]
-    if group.startswith("50") and int(group, 16) % 2 == 0:
-        return REMOVE
-    if group.startswith("60") and int(group, 16) % 2 == 0 and tag[4:] in ("3000", "4000"):
-        return REMOVE
-    return None
-
-
 @dataclasses.dataclass(frozen=True)
 class _Shift:
     days: int | None  # None: dates are removed
@@ -629,6 +380,11 @@ class Pseudonymizer:
         self._safe_private = frozenset(_parse_private_tag(t) for t in config.safe_private_tags)
         # Private creator elements (gggg,00xx) of the blocks that hold safe tags (gggg,xxee).
         self._safe_creators = frozenset(f"{t[:4]}00{t[4:6]}" for t in self._safe_private)
+
+    @property
+    def _table(self) -> ActionTable:
+        # Loaded once per process (cached), not pickled into every task's closure.
+        return load_table()
 
     def __repr__(self) -> str:
         return f"Pseudonymizer(secret=<{len(self._secret)} bytes>, config={self.config!r})"
@@ -687,19 +443,36 @@ class Pseudonymizer:
     # -- DICOM JSON --------------------------------------------------------------------
 
     def _action(self, tag: str) -> str | None:
-        """The effective action for a listed tag, options applied; None when not listed."""
-        entry = ACTIONS.get(tag)
-        if entry is None:
-            return _repeating_group_action(tag)
-        _, action, option = entry
+        """The effective action for ``tag``, options applied; None when no rule lists it.
+
+        :data:`MEDSPARK_RULES` first, then Table E.1-1 (:mod:`medspark.dicom.deid_table`,
+        repeating groups such as Curve Data (50xx,xxxx) included). An option that is on and
+        has an action in the attribute's row replaces the Basic Profile action: ``K`` keeps,
+        ``C`` cleans (dates: shifted; anything else: removed, as medspark cleans no free
+        text). A combined Basic Profile action takes its strictest choice (``X/Z`` -> ``X``,
+        ``Z/D`` -> ``Z``), except ``X/Z/U*``, which keeps the reference sequence and replaces
+        its UIDs (``U``) so references between pseudonymised instances still resolve.
+        """
         cfg = self.config
-        if option == PATIENT and cfg.retain_patient_characteristics:
-            return KEEP
-        if option == DEVICE:
-            return KEEP if cfg.keep_device_identity else REMOVE
-        if option == DATES and cfg.shift_dates:
-            return "C"
-        return action
+        rule = MEDSPARK_RULES.get(tag)
+        if rule is not None:
+            _, action, option = rule
+            if option == DEVICE:
+                return action if cfg.keep_device_identity else REMOVE
+            return action
+        entry = self._table.lookup(tag)
+        if entry is None:
+            return None
+        if cfg.retain_patient_characteristics and (code := entry.option(PATIENT)):
+            return KEEP if code == KEEP else REMOVE
+        if cfg.keep_device_identity and (code := entry.option(DEVICE)):
+            if code == KEEP and not _DEVICE_ID_NAME.search(entry.name):
+                return KEEP
+        if cfg.shift_dates and entry.option(DATES) == CLEAN:
+            return CLEAN
+        if entry.basic == "X/Z/U*":
+            return UID
+        return entry.basic[0]
 
     def _shift_date(self, value: str, days: int) -> str | None:
         text = value.strip().replace(".", "")  # ACR-NEMA wrote YYYY.MM.DD
@@ -755,23 +528,20 @@ class Pseudonymizer:
                 out[tag] = {"vr": vr}
                 continue
             if action == DUMMY:
-                if tag == TAG_PATIENT_ID:
-                    out[tag] = {"vr": vr, "Value": [patient_key]}
-                elif vr != "SQ":
-                    out[tag] = {"vr": vr}
+                out[tag] = (
+                    {"vr": vr, "Value": [patient_key]}
+                    if tag == TAG_PATIENT_ID
+                    else self._dummy(tag, element, vr)
+                )
                 continue
             if action == KEEP and vr not in ("SQ", "UI", *_DATE_VRS):
                 out[tag] = element
                 continue
-            if action is None and vr in _ALWAYS_REMOVED_VRS:
-                if _ALWAYS_REMOVED_VRS[vr] == EMPTY:
-                    out[tag] = {"vr": vr}
-                continue
-            if action is None and vr == "TM":
-                out[tag] = element  # not listed: kept (see module docstring)
-                continue
-            if action == "C" and vr == "TM":
-                out[tag] = element  # whole-day shift: the time of day stays true
+            if action == CLEAN and vr not in ("SQ", "UI", "TM", *_DATE_VRS):
+                continue  # free text is not cleaned here: removed
+            if vr == "TM" and action in (None, CLEAN):
+                # Not listed, or shifted by whole days: the time of day stays true.
+                out[tag] = element
                 continue
             cleaned = self._element(tag, element, vr, shift, patient_key, new_sop)
             if cleaned is not None:
@@ -816,6 +586,20 @@ class Pseudonymizer:
             return {"vr": vr} if _ALWAYS_REMOVED_VRS[vr] == EMPTY else None
         return element
 
+    def _dummy(self, tag: str, element: dict[str, Any], vr: str) -> dict[str, Any]:
+        """Table E.1-1 ``D``: a value of the element's VR that carries nothing of the original.
+
+        Sequences become empty; UIDs the consistent pseudonymous UID (references still
+        resolve); binary values and AT are emptied (a dummy of bytes would still be bytes).
+        """
+        if vr == "SQ":
+            return {"vr": vr, "Value": []}
+        if vr == "UI":
+            values = element.get("Value") or []
+            return {"vr": vr, "Value": [self.uid(v) for v in values if isinstance(v, str)]}
+        dummy = _DUMMY_VALUES.get(vr)
+        return {"vr": vr} if dummy is None else {"vr": vr, "Value": [dummy]}
+
     def _method_marks(self) -> dict[str, Any]:
         cfg = self.config
         codes = [CODE_BASIC_PROFILE]
@@ -833,7 +617,7 @@ class Pseudonymizer:
         if self._safe_private:
             codes.append(CODE_SAFE_PRIVATE)
             names.append("Retain Safe Private")
-        names.append("medspark deid v1")
+        names.append(f"medspark deid v2, PS3.15 {self._table.edition} Table E.1-1")
         marks: dict[str, Any] = {
             TAG_IDENTITY_REMOVED: {"vr": "CS", "Value": ["YES"]},
             # LO, VM 1-n: one value per profile/option, each within LO's 64 characters.
@@ -859,7 +643,7 @@ class Pseudonymizer:
     def deidentify_dataset_json(self, header_json: str, patient_key: str) -> str:
         """Apply the profile to one DICOM JSON document (PS3.18 Annex F), sequences included.
 
-        Listed attributes get their Table E.1-1 action (see :data:`ACTIONS` and the module
+        Listed attributes get their Table E.1-1 action (see :meth:`_action` and the module
         docstring); instance UIDs are replaced with :meth:`uid`; dates are shifted by the
         patient's :meth:`date_shift_days` (or removed); private attributes are removed unless
         safe; bulk-data URIs point at the pseudonymised SOP Instance UID. The result is marked
