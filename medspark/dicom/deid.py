@@ -48,8 +48,8 @@ conformance of the JSON does not matter, while leaking does):
   attributes that hold class, syntax or coding-scheme UIDs (:data:`KEPT_UID_TAGS`), not only the
   UIDs listed in E.1-1: a UID from the hospital's root is a link back to its PACS.
 * Every PN value (person name), AE title and UR (URL) value is removed (or emptied), listed or
-  not, unless the table gives it a dummy: names of staff, the hospital's application entities and retrieve URLs (which carry original UIDs)
-  identify the source. Stricter than E.1-1.
+  not, unless the table gives it a dummy: names of staff, the hospital's application entities
+  and retrieve URLs (which carry original UIDs) identify the source. Stricter than E.1-1.
 * Dates (VR DA, DT) anywhere are shifted by the patient's offset with ``shift_dates`` (Retain
   Longitudinal Temporal Information with Modified Dates Option, E.3.6), else removed; the
   option's "C" is implemented as a whole-day shift, so times (VR TM) are kept as they are. With
@@ -465,9 +465,12 @@ class Pseudonymizer:
             return None
         if cfg.retain_patient_characteristics and (code := entry.option(PATIENT)):
             return KEEP if code == KEEP else REMOVE
-        if cfg.keep_device_identity and (code := entry.option(DEVICE)):
-            if code == KEEP and not _DEVICE_ID_NAME.search(entry.name):
-                return KEEP
+        if (
+            cfg.keep_device_identity
+            and entry.option(DEVICE) == KEEP
+            and not _DEVICE_ID_NAME.search(entry.name)
+        ):
+            return KEEP
         if cfg.shift_dates and entry.option(DATES) == CLEAN:
             return CLEAN
         if entry.basic == "X/Z/U*":
