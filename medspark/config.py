@@ -256,6 +256,9 @@ class TablesConfig:
     restricted_phi_map: str = field(
         default="restricted_phi_map", metadata=_meta(pattern=r"^restricted_[A-Za-z0-9_]*$")
     )
+    restricted_images: str = field(
+        default="restricted_images", metadata=_meta(pattern=r"^restricted_[A-Za-z0-9_]*$")
+    )
 
 
 @dataclass(frozen=True)

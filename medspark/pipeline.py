@@ -25,9 +25,15 @@ from pyspark.sql import functions as F
 
 from medspark.config import PipelineConfig
 from medspark.dicom.deid import deidentify_scans, phi_map, pseudonymizer_from_config
+from medspark.preprocess.udf import BURNED_IN_WITHHELD
 from medspark.sources import dicom_source
 from medspark.tables.schemas import HEADER_FIELDS, SOURCE_FIELDS
-from medspark.tables.writers import concurrently, delete_matching, merge_into
+from medspark.tables.writers import (
+    concurrently,
+    delete_matching,
+    ensure_restricted_root,
+    merge_into,
+)
 
 DUPLICATE_SOP = "duplicate_sop_instance"
 DUPLICATE_COPY = "duplicate_copy"
@@ -231,6 +237,7 @@ def ingest(
     scans_path = config.table_path("scans")
     errors_path = config.table_path("ingest_errors")
     had_errors = _is_table(spark, errors_path)
+    ensure_restricted_root(config)
 
     pseudonymizer = pseudonymizer_from_config(config.deid)  # None when deid.enabled is false
     instances = read_instances(spark, sources, config).persist(StorageLevel.MEMORY_AND_DISK)
@@ -376,6 +383,7 @@ def preprocess_frames(
         window=pre.window_value(),
         thumbnail_size=pre.thumbnail_size,
         frames_per_batch=pre.frames_per_batch,
+        burned_in=config.deid.burned_in,
     )
     columns = PREPROCESSED.fieldNames()
     is_stream = (
@@ -461,30 +469,52 @@ def preprocess(spark: Any, config: PipelineConfig, run_id: str | None = None) ->
             StorageLevel.MEMORY_AND_DISK
         )
         images, errors = split_frames(frames)
+        stamp = {
+            "config_hash": F.lit(chain_hash),
+            "run_id": F.lit(run_id),
+            "processed_at": F.current_timestamp(),
+        }
+        withheld = F.col("burned_in_action") == BURNED_IN_WITHHELD
+        # Withheld frames keep their row in images (every frame is accounted for there), but
+        # their pixels (tensor and thumbnail) go to restricted_images only.
         stamped_images = images.withColumns(
             {
-                "config_hash": F.lit(chain_hash),
-                "run_id": F.lit(run_id),
-                "processed_at": F.current_timestamp(),
+                "tensor": F.when(withheld, F.lit(None)).otherwise(F.col("tensor")),
+                "thumbnail_png": F.when(withheld, F.lit(None)).otherwise(F.col("thumbnail_png")),
+                **stamp,
             }
         )
         stamped_errors = errors.withColumns(
             {"run_id": F.lit(run_id), "recorded_at": F.current_timestamp()}
         )
-        # Computes (and caches) every frame once; the three writes then read the cache.
-        by_class = {
-            r["error_class"]: int(r["n"])
-            for r in errors.groupBy("error_class").agg(F.count("*").alias("n")).collect()
-        }
-        _, metrics, _ = concurrently(
-            lambda: write_worker_metrics(spark, config, frames, "preprocess", run_id),
+        # Computes (and caches) every frame once; the writes then read the cache.
+        counts = (
+            frames.groupBy("error_class", "burned_in_action").agg(F.count("*").alias("n")).collect()
+        )
+        by_class: dict[str, int] = {}
+        for r in counts:
+            if r["error_class"] is not None:
+                by_class[r["error_class"]] = by_class.get(r["error_class"], 0) + int(r["n"])
+        n_withheld = sum(
+            int(r["n"])
+            for r in counts
+            if r["error_class"] is None and r["burned_in_action"] == BURNED_IN_WITHHELD
+        )
+        steps = [
             lambda: merge_into(
                 spark, stamped_images, config.table_path("images"), "images", metrics=True
             ),
+            lambda: write_worker_metrics(spark, config, frames, "preprocess", run_id),
             lambda: merge_into(
                 spark, stamped_errors, config.table_path("preprocess_errors"), "preprocess_errors"
             ),
-        )
+        ]
+        if n_withheld:
+            ensure_restricted_root(config)
+            restricted = images.where(withheld).withColumns(stamp)
+            path = config.table_path("restricted_images")
+            steps.append(lambda: merge_into(spark, restricted, path, "restricted_images"))
+        metrics, *_ = concurrently(*steps)
         frames.unpersist()
     finally:
         instances.unpersist()
@@ -558,6 +588,27 @@ def predict_frames(
     )
 
 
+def model_inputs(spark: Any, config: PipelineConfig) -> DataFrame:
+    """``(sop_instance_uid, frame, tensor)`` of every frame of ``images`` the model can read.
+
+    The tensors of frames withheld for burned-in text come from ``restricted_images``: a
+    prediction (label and score) carries no pixels, so withheld frames are predicted too.
+    """
+    images = spark.read.format("delta").load(config.table_path("images"))
+    images = images.select("sop_instance_uid", "frame", "tensor")
+    restricted_path = config.table_path("restricted_images")
+    if _is_table(spark, restricted_path):
+        withheld = (
+            spark.read.format("delta")
+            .load(restricted_path)
+            .select("sop_instance_uid", "frame", F.col("tensor").alias("_withheld"))
+        )
+        images = images.join(withheld, ["sop_instance_uid", "frame"], "left").select(
+            "sop_instance_uid", "frame", F.coalesce("tensor", "_withheld").alias("tensor")
+        )
+    return images.where(F.col("tensor").isNotNull())
+
+
 @dataclass
 class InferResult:
     """What an inference run did."""
@@ -594,7 +645,7 @@ def infer(
     run_id = run_id or new_run_id()
     model = config.inference.model_config(model_name)
     check_model(model, [config.preprocess.output_size] * 2)
-    images = spark.read.format("delta").load(config.table_path("images"))
+    images = model_inputs(spark, config)
     predictions = predict_frames(images, config, model_name).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         labels = {

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from medspark.config import PipelineConfig, config_from_dict, load_config
+from medspark.config import PipelineConfig, config_from_dict, load_config, with_overrides
 from medspark.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,3 +52,34 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("spark: [unclosed\n")
     with pytest.raises(ConfigError, match="valid YAML"):
         load_config(bad)
+
+
+def test_restricted_tables_live_apart_owner_only(tmp_path):
+    import stat
+
+    from medspark.tables.writers import ensure_restricted_root
+
+    config = with_overrides(PipelineConfig(), warehouse=str(tmp_path / "wh"))
+    assert Path(config.table_path("scans")) == tmp_path / "wh" / "scans"
+    assert Path(config.table_path("restricted_phi_map")) == (
+        tmp_path / "wh_restricted" / "restricted_phi_map"
+    )
+    root = ensure_restricted_root(config)
+    assert root == tmp_path / "wh_restricted"
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    chosen = with_overrides(config, restricted_warehouse=str(tmp_path / "keys" / "r"))
+    assert Path(chosen.table_path("restricted_images")) == tmp_path / "keys" / "r" / (
+        "restricted_images"
+    )
+    assert stat.S_IMODE(ensure_restricted_root(chosen).stat().st_mode) == 0o700
+
+
+def test_restricted_table_left_in_the_warehouse_is_refused(tmp_path):
+    from medspark.tables.writers import ensure_restricted_root
+
+    config = with_overrides(PipelineConfig(), warehouse=str(tmp_path / "wh"))
+    (tmp_path / "wh" / "restricted_acquisitions" / "_delta_log").mkdir(parents=True)
+    with pytest.raises(ConfigError) as err:
+        ensure_restricted_root(config)
+    text = str(err.value)
+    assert "restricted_warehouse" in text and "mv " in text and "restricted_acquisitions" in text

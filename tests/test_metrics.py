@@ -53,6 +53,7 @@ def test_job_run_row_matches_the_tables(spark, flow):
     (run,) = _table(spark, flow, "job_runs").collect()
     assert run.run_id == flow["record"].run_id and run.job == "run"
     assert run.status == "succeeded" and run.error is None and run.deid_enabled is True
+    assert run.deid_table_edition == "2026c"
     rows_out = json.loads(run.rows_out)
     for name in ("scans", "images", "predictions"):
         assert rows_out[name] == _table(spark, flow, name).count(), name

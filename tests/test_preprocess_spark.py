@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import tarfile
 import zipfile
+from pathlib import Path
 from urllib.parse import unquote
 
 import cv2
@@ -173,3 +174,39 @@ def test_split_frame_ranges_give_the_same_rows(spark, processed):
         whole = sorted(tuple(r) for r in _load(spark, processed, table).select(cols).collect())
         parts = spark.read.format("delta").load(split.table_path(table))
         assert sorted(tuple(r) for r in parts.select(cols).collect()) == whole, table
+
+
+def test_burned_in_frames_are_cleaned_or_withheld(spark, processed):
+    """Default ``deid.burned_in: clean``: flagged frames with ultrasound regions are cleaned,
+    the others keep their images row without pixels, which live in restricted_images only."""
+    import stat
+
+    from medspark.pipeline import model_inputs
+
+    config = processed["config"]
+    rows = _load(spark, processed, "images").collect()
+    actions = {}
+    for r in rows:
+        actions.setdefault(r.burned_in_action, []).append(r)
+        assert (r.burned_in_action is None) == (not r.burned_in_annotation)
+    assert actions.get("cleaned") and actions.get("withheld"), sorted(map(str, actions))
+    assert "kept" not in actions
+    for r in actions["cleaned"] + actions.get(None, []):
+        assert r.tensor and r.thumbnail_png
+    for r in actions["withheld"]:
+        assert r.tensor is None and r.thumbnail_png is None and r.tensor_shape
+    restricted = _load(spark, processed, "restricted_images").collect()
+    assert {(r.sop_instance_uid, r.frame) for r in restricted} == {
+        (r.sop_instance_uid, r.frame) for r in actions["withheld"]
+    }
+    assert all(r.tensor and r.thumbnail_png for r in restricted)
+    # Restricted tables live apart from the warehouse, under an owner-only root.
+    root = config.restricted_root()
+    assert root.parent == Path(config.warehouse).parent and root != Path(config.warehouse)
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert Path(config.table_path("restricted_images")).parent == root
+    assert Path(config.table_path("restricted_acquisitions")).parent == root
+    assert not (Path(config.warehouse) / "restricted_acquisitions").exists()
+    # The model still sees every frame: withheld tensors come from restricted_images.
+    inputs = model_inputs(spark, config).collect()
+    assert len(inputs) == len(rows) and all(r.tensor for r in inputs)

@@ -537,7 +537,7 @@ class Pseudonymizer:
                     else self._dummy(tag, element, vr)
                 )
                 continue
-            if action == KEEP and vr not in ("SQ", "UI", *_DATE_VRS):
+            if action == KEEP and vr not in ("SQ", "UI", *_DATE_VRS, *_ALWAYS_REMOVED_VRS):
                 out[tag] = element
                 continue
             if action == CLEAN and vr not in ("SQ", "UI", "TM", *_DATE_VRS):

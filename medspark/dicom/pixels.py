@@ -115,7 +115,9 @@ class Frame:
     frame (Frame VOI LUT Sequence (0028,9132) for enhanced objects). ``voi_lut`` is the first
     VOI LUT Sequence (0028,3010) item. ``voi_function`` is VOI LUT Function (0028,1056),
     LINEAR when absent. ``pixel_spacing`` is (row, col) spacing in mm and ``spacing_source``
-    names the attribute it came from, or why there is none.
+    names the attribute it came from, or why there is none. ``regions`` are the data regions
+    of Sequence of Ultrasound Regions (0018,6011) (see :mod:`medspark.dicom.burned_in`),
+    empty when the file declares none.
 
     Equality is identity (``eq=False``): comparing numpy arrays with ``==`` is ambiguous.
     """
@@ -129,6 +131,7 @@ class Frame:
     pixel_spacing: tuple[float, float] | None
     spacing_source: str
     voi_function: str = "LINEAR"
+    regions: tuple[tuple[int, int, int, int], ...] = ()
 
 
 # --------------------------------------------------------------------------------------
@@ -148,6 +151,7 @@ class _Opened:
     samples: int
     validate: bool
     little_endian: bool
+    regions: tuple[tuple[int, int, int, int], ...] = ()
 
 
 def _read_dataset(source: bytes | bytearray | memoryview | str | os.PathLike) -> Any:
@@ -326,6 +330,8 @@ def _open(source: bytes | bytearray | memoryview | str | os.PathLike) -> _Opened
             validate = True
 
     implicit, little = ds.original_encoding
+    from medspark.dicom.burned_in import ultrasound_regions
+
     return _Opened(
         ds=ds,
         decoder=decoder,
@@ -335,6 +341,7 @@ def _open(source: bytes | bytearray | memoryview | str | os.PathLike) -> _Opened
         samples=int(ds.SamplesPerPixel),
         validate=validate,
         little_endian=tsyntax.is_little_endian if little is None else bool(little),
+        regions=ultrasound_regions(ds),
     )
 
 
@@ -599,6 +606,7 @@ def _frames(opened: _Opened, frames: range | None = None) -> Iterator[Frame]:
             pixel_spacing=spacing,
             spacing_source=spacing_source,
             voi_function=function,
+            regions=opened.regions,
         )
 
 

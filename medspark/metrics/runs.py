@@ -29,6 +29,12 @@ def config_hash(config: PipelineConfig) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _deid_edition() -> str:
+    from medspark.dicom.deid_table import edition
+
+    return edition()
+
+
 def _version(dist: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -94,6 +100,7 @@ def _write(
         "error": None if error is None else f"{type(error).__name__}: {error}"[:4000],
         "config_hash": config_hash(config),
         "deid_enabled": config.deid.enabled,
+        "deid_table_edition": _deid_edition() if config.deid.enabled else None,
         "medspark_version": _version("medspark"),
         "spark_version": spark.version,
         "delta_version": _version("delta-spark"),

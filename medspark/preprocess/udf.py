@@ -9,6 +9,13 @@ small model-ready tensors travel out.
 Error classes: ``unreadable`` (the item could not be read again), ``undecodable_file`` (whole
 file: no usable Pixel Data, unsupported encoding), ``undecodable_frame`` (one frame failed; the
 others still produce rows), ``preprocess_failed`` (an op raised on this frame).
+
+Burned-in text (``burned_in`` setting, ``deid.burned_in`` in the config): a frame flagged for it
+(``burned_in_annotation``) is cleaned before the chain runs, so thumbnail and tensor are both
+clean: everything outside the Sequence of Ultrasound Regions (0018,6011) is blacked out
+(``burned_in_action`` ``cleaned``). A flagged frame that declares no region is ``withheld``:
+its row still carries its pixels, and the preprocess step sends them to ``restricted_images``
+only. With ``burned_in: keep`` flagged frames are ``kept`` as they are.
 """
 
 from __future__ import annotations
@@ -34,6 +41,22 @@ class PreprocessSettings:
     window: str | tuple[float, float]
     thumbnail_size: int
     frames_per_batch: int
+    burned_in: str = "clean"  # deid.burned_in: clean or keep
+
+
+#: ``burned_in_action`` values (null: the frame is not flagged).
+BURNED_IN_CLEANED = "cleaned"
+BURNED_IN_WITHHELD = "withheld"
+BURNED_IN_KEPT = "kept"
+
+
+def burned_in_action(flagged: bool, regions: tuple[Any, ...], setting: str) -> str | None:
+    """What happens to a frame's pixels: None (not flagged), cleaned, withheld or kept."""
+    if not flagged:
+        return None
+    if setting == "keep":
+        return BURNED_IN_KEPT
+    return BURNED_IN_CLEANED if regions else BURNED_IN_WITHHELD
 
 
 def thumbnail_png(image: np.ndarray, size: int) -> bytes:
@@ -87,6 +110,7 @@ def process_item(
     multi-frame file). A whole-file error is then reported only by the share that starts at
     frame 0, so the file still gets exactly one error row.
     """
+    from medspark.dicom.burned_in import black_out_outside
     from medspark.dicom.pixels import DicomPixelError, iter_frames, to_display
     from medspark.preprocess.segmentation import mask_stats
 
@@ -125,6 +149,11 @@ def process_item(
             continue
         try:
             display = to_display(frame, settings.window)
+            action = burned_in_action(
+                bool(key.get("burned_in_annotation")), frame.regions, settings.burned_in
+            )
+            if action == BURNED_IN_CLEANED:
+                display = black_out_outside(display, frame.regions)
             result = chain.apply(display)
             row: dict[str, Any] = {
                 **key,
@@ -136,6 +165,7 @@ def process_item(
                 "tensor_dtype": str(result.tensor.dtype),
                 "thumbnail_png": thumbnail_png(display, settings.thumbnail_size),
                 "window": _window_text(settings.window, frame),
+                "burned_in_action": action,
                 "pixel_spacing_source": frame.spacing_source,
             }
             if result.mask is not None:

@@ -141,9 +141,16 @@ PREPROCESSED = StructType(
             "burned_in_annotation",
             BooleanType(),
             True,
-            "pixels may show burned-in text (flag only: pixels are not cleaned)",
+            "pixels may show burned-in text (Burned In Annotation, ultrasound, secondary capture)",
         ),
         _f("burned_in_reason", StringType(), True, "why the frame is flagged"),
+        _f(
+            "burned_in_action",
+            StringType(),
+            True,
+            "cleaned (outside the ultrasound regions blacked out), withheld (pixels only in "
+            "restricted_images), kept (deid.burned_in: keep); null when not flagged",
+        ),
         _f("mask_area_px", LongType(), True, "foreground pixels of the configured mask"),
         _f("mask_area_mm2", DoubleType(), True, "mask area in mm2 from the frame's pixel spacing"),
         _f("mask_area_mm2_reason", StringType(), True, "why mask_area_mm2 is null"),
@@ -186,6 +193,7 @@ IMAGES = StructType(
             "window",
             "burned_in_annotation",
             "burned_in_reason",
+            "burned_in_action",
             "mask_area_px",
             "mask_area_mm2",
             "mask_area_mm2_reason",
@@ -301,6 +309,20 @@ RESTRICTED_ACQUISITIONS = StructType(
     ]
 )
 
+#: ``restricted_images``: the pixels of frames withheld from ``images`` for burned-in text
+#: (flagged, and no Sequence of Ultrasound Regions (0018,6011) to clean them by), key
+#: ``sop_instance_uid`` + ``frame`` as in ``images``. ``infer`` reads their tensors from here.
+RESTRICTED_IMAGES = StructType(
+    _FRAME_KEY
+    + [
+        _PREPROCESSED_BY_NAME[n]
+        for n in ("tensor", "tensor_shape", "tensor_dtype", "thumbnail_png", "burned_in_reason")
+    ]
+    + [_f("config_hash", StringType(), False, "sha256 of the resolved preprocessing chain")]
+    + _RUN_FIELDS
+    + [_f("processed_at", TimestampType(), False, "when this row was written (UTC)")]
+)
+
 #: ``job_runs``: one row per run of any medspark job.
 JOB_RUNS = StructType(
     [
@@ -311,6 +333,12 @@ JOB_RUNS = StructType(
         _f("config_hash", StringType(), True, "sha256 of the resolved pipeline config"),
         _f(
             "deid_enabled", BooleanType(), True, "false means analyst tables were not de-identified"
+        ),
+        _f(
+            "deid_table_edition",
+            StringType(),
+            True,
+            "edition of PS3.15 Table E.1-1 applied, e.g. 2026c (null when deid is off)",
         ),
         _f("medspark_version", StringType(), True),
         _f("spark_version", StringType(), True),
@@ -409,4 +437,5 @@ TABLES: dict[str, tuple[StructType, tuple[str, ...]]] = {
     "worker_metrics": (WORKER_METRICS, ("run_id", "step", "partition", "batch")),
     "scanner_utilization": (SCANNER_UTILIZATION, ("modality", "station_name", "day")),
     "restricted_acquisitions": (RESTRICTED_ACQUISITIONS, ("sop_instance_uid",)),
+    "restricted_images": (RESTRICTED_IMAGES, ("sop_instance_uid", "frame")),
 }

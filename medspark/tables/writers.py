@@ -8,19 +8,60 @@ Key columns may be null (``archive_member`` of a loose file); they are compared 
 
 from __future__ import annotations
 
+import os
+import stat
+import sys
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from medspark.errors import ConfigError
 from medspark.tables.schemas import TABLES
+
+if TYPE_CHECKING:
+    from medspark.config import PipelineConfig
 
 TABLE_PROPERTIES = {
     # Readers other than Spark (delta-rs, DuckDB through delta-rs, polars) must be able to
     # read every table, so no feature beyond what they support is enabled here.
     "delta.appendOnly": "false",
 }
+
+
+def ensure_restricted_root(config: PipelineConfig) -> Path:
+    """Create the root of the ``restricted_*`` tables owner-only (mode 0700) if it is missing.
+
+    The mode of the root is what keeps the tables below it private: Spark and Hadoop create
+    the tables' own directories and files with the process umask, but nobody else can enter
+    the root. An existing root that group or others can enter is used with one warning (a
+    data engineer may have granted a group on purpose: README, "Restricted tables"). Tables
+    that an earlier medspark wrote inside the analyst warehouse are refused with the command
+    that moves them, so a run never starts a second, partial copy of them.
+    """
+    root = config.restricted_root()
+    for name in ("restricted_acquisitions", "restricted_phi_map"):
+        old = Path(config.table_path("scans")).parent / getattr(config.tables, name)
+        new = Path(config.table_path(name))
+        if old.exists() and not new.exists():
+            raise ConfigError(
+                "restricted_warehouse",
+                str(root),
+                f"the place of {old.name} (found inside the analyst warehouse, where earlier "
+                f"versions wrote it; move it first: mkdir -m 700 -p {root} && mv {old} {new})",
+            )
+    if not root.exists():
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(root, 0o700)  # mkdir's mode is filtered by the umask
+    elif stat.S_IMODE(root.stat().st_mode) & (stat.S_IRWXG | stat.S_IRWXO):
+        print(
+            f"medspark: warning: restricted tables root {root} is open to group or others "
+            f"(mode {stat.S_IMODE(root.stat().st_mode):04o}); restrict it with: chmod 700 {root}",
+            file=sys.stderr,
+        )
+    return root
 
 
 def conform(df: DataFrame, table: str) -> DataFrame:
@@ -76,6 +117,9 @@ def merge_into(
     result = (
         target.alias("t")
         .merge(source.alias("s"), condition)
+        # A column added to a table's schema in a later release is added to an existing table
+        # by its next MERGE, instead of failing it (Delta's MERGE schema evolution).
+        .withSchemaEvolution()
         .whenMatchedUpdateAll()
         .whenNotMatchedInsertAll()
         .execute()
