@@ -30,9 +30,11 @@ from medspark.sources import dicom_source
 from medspark.tables.schemas import HEADER_FIELDS, SOURCE_FIELDS
 from medspark.tables.writers import (
     concurrently,
+    create_tables,
     delete_matching,
     ensure_restricted_root,
     merge_into,
+    replace_table,
 )
 
 DUPLICATE_SOP = "duplicate_sop_instance"
@@ -309,19 +311,16 @@ def ingest(
 _STREAM_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".gz")
 
 
-#: Modalities whose equipment commonly burns text (names, dates) into the pixels.
-BURNED_IN_MODALITIES = ("US",)
-#: Secondary Capture Image Storage SOP classes (screenshots, scanned documents, exports).
-SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
-
-
 def pixel_instances(scans: DataFrame) -> DataFrame:
     """Instances that carry Pixel Data (7FE0,0010): the input of preprocessing.
 
     Also flags instances whose pixels may carry burned-in identity: Burned In Annotation
     (0028,0301) = YES in the header, a modality known for it (ultrasound), or a Secondary
-    Capture SOP Class UID (0008,0016). medspark flags them; it does not claim to clean pixels.
+    Capture SOP Class UID (0008,0016); the same rule as :func:`medspark.onepass.burned_in_reason`.
+    What happens to their pixels is ``deid.burned_in`` (see :mod:`medspark.preprocess.udf`).
     """
+    from medspark.onepass import BURNED_IN_MODALITIES, SECONDARY_CAPTURE_PREFIX
+
     burned = F.upper(F.get_json_object("header_json", "$.00280301.Value[0]"))
     reason = (
         F.when(burned == "YES", F.lit("Burned In Annotation (0028,0301) is YES"))
@@ -364,6 +363,20 @@ def frame_ranges(instances: DataFrame, frames_per_task: int) -> DataFrame:
     )
 
 
+def preprocess_settings(config: PipelineConfig) -> Any:
+    """The executor's :class:`~medspark.preprocess.udf.PreprocessSettings` for ``config``."""
+    from medspark.preprocess.udf import PreprocessSettings
+
+    pre = config.preprocess
+    return PreprocessSettings(
+        chain=pre.chain(),
+        window=pre.window_value(),
+        thumbnail_size=pre.thumbnail_size,
+        frames_per_batch=pre.frames_per_batch,
+        burned_in=config.deid.burned_in,
+    )
+
+
 def preprocess_frames(
     instances: DataFrame, config: PipelineConfig, num_partitions: int
 ) -> DataFrame:
@@ -374,17 +387,11 @@ def preprocess_frames(
     :func:`frame_ranges`) so every core works. Only locations go into the UDF; the bytes are
     read on the executor.
     """
-    from medspark.preprocess.udf import PreprocessSettings, preprocess_batches
+    from medspark.preprocess.udf import preprocess_batches
     from medspark.tables.schemas import PREPROCESSED
 
     pre = config.preprocess
-    settings = PreprocessSettings(
-        chain=pre.chain(),
-        window=pre.window_value(),
-        thumbnail_size=pre.thumbnail_size,
-        frames_per_batch=pre.frames_per_batch,
-        burned_in=config.deid.burned_in,
-    )
+    settings = preprocess_settings(config)
     columns = PREPROCESSED.fieldNames()
     is_stream = (
         F.lower("source_uri").rlike(
@@ -537,7 +544,11 @@ def preprocess(spark: Any, config: PipelineConfig, run_id: str | None = None) ->
 def write_worker_metrics(
     spark: Any, config: PipelineConfig, rows: DataFrame, step: str, run_id: str
 ) -> None:
-    """Aggregate the per-row batch columns of a UDF's output into ``worker_metrics``."""
+    """Aggregate the per-row batch columns of a UDF's output into ``worker_metrics``.
+
+    One row per output batch: few, so they are collected and written from the driver with
+    delta-rs (:func:`write_metric_rows`).
+    """
     phases = ["seconds_read", "seconds_decode", "seconds_preprocess", "seconds_infer"]
     present = set(rows.columns)
     aggs = [F.count("*").alias("rows")]
@@ -552,12 +563,18 @@ def write_worker_metrics(
     for name, dtype in (("gpu_utilization", "double"), ("gpu_memory_bytes", "long")):
         source = F.max(name) if name in present else F.lit(None)
         aggs.append(source.cast(dtype).alias(name))
-    metrics = (
-        rows.groupBy("partition", "batch")
-        .agg(*aggs)
-        .withColumns({"run_id": F.lit(run_id), "step": F.lit(step)})
-    )
-    merge_into(spark, metrics, config.table_path("worker_metrics"), "worker_metrics")
+    metrics = rows.groupBy("partition", "batch").agg(*aggs).collect()
+    write_metric_rows(config, [m.asDict() for m in metrics], step, run_id)
+
+
+def write_metric_rows(
+    config: PipelineConfig, rows: list[dict[str, Any]], step: str, run_id: str
+) -> None:
+    """Append ``worker_metrics`` rows (one per batch) from the driver with delta-rs."""
+    from medspark.tables.small import append_rows
+
+    stamped = [{**r, "run_id": run_id, "step": step} for r in rows]
+    append_rows(config.table_path("worker_metrics"), "worker_metrics", stamped)
 
 
 def predict_frames(
@@ -756,11 +773,349 @@ def record_infer(record: Any, result: InferResult) -> None:
 def run_all(
     spark: Any, sources: Sequence[str], config: PipelineConfig, record: Any
 ) -> tuple[IngestResult, PreprocessResult, InferResult]:
-    """Ingest, preprocess and infer in one Spark application, under one run id."""
-    ingested = ingest(spark, sources, config, record.run_id)
+    """Ingest, preprocess and infer in one executor pass per item, under one run id.
+
+    Every item is opened once (:mod:`medspark.onepass`): read, hashed, parsed, de-identified,
+    decoded, cleaned of burned-in text, run through the chain and the model in the same task.
+    The cached result is then split into ``scans``, ``ingest_errors``,
+    ``restricted_acquisitions`` (and ``scanner_utilization``), ``images``,
+    ``preprocess_errors``, ``predictions`` (and ``restricted_images``, ``restricted_phi_map``
+    when used), written concurrently; ``worker_metrics`` from the driver. The tables and their
+    keys are the same as after ``ingest``, ``preprocess`` and ``infer`` run one after another
+    (a test compares them).
+    """
+    import pickle
+
+    from medspark.inference.model import check_model
+    from medspark.inference.predict import PredictSettings
+    from medspark.onepass import (
+        FRAME,
+        INGEST_ERROR,
+        PASS,
+        SCAN,
+        PassSettings,
+        limits,
+        pass_batches,
+    )
+    from medspark.sources.dicom_source import plan_partitions
+    from medspark.tables.schemas import RESTRICTED_ACQUISITIONS
+
+    start = time.monotonic()
+    run_id = record.run_id
+    model = config.inference.model_config(None)
+    check_model(model, [config.preprocess.output_size] * 2)
+    scans_path = config.table_path("scans")
+    errors_path = config.table_path("ingest_errors")
+    had_errors = _is_table(spark, errors_path)
+    ensure_restricted_root(config)
+    pseudonymizer = pseudonymizer_from_config(config.deid)
+    inference = config.inference
+    settings = PassSettings(
+        limits=limits(config.ingest),
+        preprocess=preprocess_settings(config),
+        pseudonymizer=pseudonymizer,
+        predict=PredictSettings(
+            model=model,
+            device=inference.device,
+            precision=inference.precision,
+            torch_threads=inference.torch_threads,
+        ),
+        batch_size=inference.batch_size,
+        phi_map=pseudonymizer is not None and config.deid.phi_map,
+    )
+    parallelism = spark.sparkContext.defaultParallelism
+    bins = plan_partitions(
+        list(sources),
+        config.ingest.min_partitions or 2 * parallelism,
+        config.ingest.max_partition_bytes,
+    )
+    blobs = [(pickle.dumps(b),) for b in bins]
+    units = spark.createDataFrame(spark.sparkContext.parallelize(blobs, len(blobs)), "units binary")
+    out = units.mapInArrow(lambda it: pass_batches(it, settings), PASS).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
+    tables = (
+        "scans",
+        "ingest_errors",
+        "restricted_acquisitions",
+        "scanner_utilization",
+        "images",
+        "preprocess_errors",
+        "predictions",
+    )
+    try:
+        # Missing tables are created while the executors compute (see create_tables).
+        stats, fresh = concurrently(
+            lambda: _pass_stats(out),
+            lambda: create_tables(spark, {name: config.table_path(name) for name in tables}),
+        )
+        metric_rows = [{**m.asDict(), "rows": m["batch_rows"]} for r in stats for m in r["metrics"]]
+
+        def n(kind: str, **where: Any) -> int:
+            return sum(
+                int(r["n"])
+                for r in stats
+                if r["kind"] == kind and all(r[k] == v for k, v in where.items())
+            )
+
+        n_scans = n(SCAN)
+        acquisitions_path = config.table_path("restricted_acquisitions")
+        first_acquisitions = "restricted_acquisitions" in fresh
+        existing = None if "scans" in fresh else _existing(spark, scans_path)
+        candidates = out.where(F.col("kind") == SCAN)
+        frames = out.where(F.col("kind") == FRAME)
+        read_errors = out.where(F.col("kind") == INGEST_ERROR).select(
+            *[f.name for f in SOURCE_FIELDS], "error_class", F.col("error_message").alias("message")
+        )
+        distinct = sum(int(r["sops"]) for r in stats if r["kind"] == SCAN)
+        # Fast path (a first load without duplicate UIDs, the common case): every candidate is
+        # kept, every frame belongs to a kept item, and the counts above are exact.
+        exact = existing is None and distinct == n_scans
+        if exact:
+            kept, errors = candidates, read_errors
+        else:
+            kept, duplicate_errors = resolve_duplicates(candidates, existing)
+            errors = read_errors.unionByName(duplicate_errors)
+            location = ["sop_instance_uid", "source_uri", "archive_member"]
+            owners = kept.select(*location)
+            frames = frames.join(
+                owners,
+                [frames[c].eqNullSafe(owners[c]) for c in location],
+                "left_semi",
+            )
+        images, frame_errors = split_frames(frames)
+        stamp_images = {
+            "config_hash": F.lit(config.preprocess.chain().config_hash()),
+            "run_id": F.lit(run_id),
+            "processed_at": F.current_timestamp(),
+        }
+        withheld = F.col("burned_in_action") == BURNED_IN_WITHHELD
+        analyst_images = images.withColumns(
+            {
+                "tensor": F.when(withheld, F.lit(None)).otherwise(F.col("tensor")),
+                "thumbnail_png": F.when(withheld, F.lit(None)).otherwise(F.col("thumbnail_png")),
+                **stamp_images,
+            }
+        )
+        predictions = images.where(F.col("label").isNotNull()).select(
+            "sop_instance_uid",
+            "frame",
+            F.lit(model.name).alias("model"),
+            F.lit(model.version).alias("model_version"),
+            "label",
+            "score",
+            "probabilities",
+            F.array(*[F.lit(c) for c in model.class_names]).alias("class_names"),
+            F.lit(run_id).alias("run_id"),
+            F.current_timestamp().alias("predicted_at"),
+        )
+        ids = [f.name for f in RESTRICTED_ACQUISITIONS.fields]
+        acquired = kept.select(*ids)
+
+        def write_acquisitions() -> None:
+            merge_into(
+                spark,
+                acquired,
+                acquisitions_path,
+                "restricted_acquisitions",
+                fresh=first_acquisitions,
+            )
+            if not first_acquisitions:  # utilisation covers every acquisition ever ingested
+                _rebuild_utilization(spark, config, run_id)
+
+        def write_utilization_from_this_run() -> None:
+            # A first load: this run's acquisitions are all there are, so utilisation is built
+            # from them at once, beside their write, instead of read back after it.
+            from medspark.metrics.utilization import scanner_utilization
+
+            replace_table(
+                spark,
+                scanner_utilization(acquired, run_id, config.metrics.study_span_cap_hours),
+                config.table_path("scanner_utilization"),
+                "scanner_utilization",
+                fresh="scanner_utilization" in fresh,
+            )
+
+        def write(df: DataFrame, name: str, rows: int | None) -> dict[str, int]:
+            """MERGE (or first-load append) ``df`` into table ``name``. A write known to hold
+            no row only makes sure the table exists (no Spark job); one of known size is
+            written in as many tasks (and files) as its rows need, not one per cached
+            partition: fewer tasks, fewer small files."""
+            path = config.table_path(name)
+            if rows == 0:
+                return {}  # the table exists (created above if it was missing)
+            if rows is not None:
+                per_file = _ROWS_PER_FILE.get(name, 100_000)
+                wanted = max(1, -(-rows // per_file))
+                if wanted < len(blobs):
+                    df = df.coalesce(wanted)
+            return merge_into(spark, df, path, name, fresh=name in fresh)
+
+        known = (lambda count: count) if exact else (lambda count: None)
+        n_frame_errors = sum(int(r["n"]) for r in stats if r["kind"] == FRAME and r["error_class"])
+        n_labels = sum(int(r["n"]) for r in stats if r["kind"] == FRAME and r["label"])
+        steps = [
+            lambda: write(
+                kept.withColumns({"run_id": F.lit(run_id), "ingested_at": F.current_timestamp()}),
+                "scans",
+                known(n_scans),
+            ),
+            lambda: write(
+                errors.withColumns({"run_id": F.lit(run_id), "recorded_at": F.current_timestamp()}),
+                "ingest_errors",
+                known(n(INGEST_ERROR)),
+            ),
+            write_acquisitions,
+            lambda: write(analyst_images, "images", known(n(FRAME, error_class=None))),
+            lambda: write(
+                frame_errors.withColumns(
+                    {"run_id": F.lit(run_id), "recorded_at": F.current_timestamp()}
+                ),
+                "preprocess_errors",
+                known(n_frame_errors),
+            ),
+            lambda: write(predictions, "predictions", known(n_labels)),
+        ]
+        if first_acquisitions:
+            steps.append(write_utilization_from_this_run)
+        if n(FRAME, error_class=None, burned_in_action=BURNED_IN_WITHHELD):
+            restricted = images.where(withheld).withColumns(stamp_images)
+            steps.append(
+                lambda: merge_into(
+                    spark, restricted, config.table_path("restricted_images"), "restricted_images"
+                )
+            )
+        if settings.phi_map:
+            phi = _phi_rows(kept).withColumns(
+                {"run_id": F.lit(run_id), "recorded_at": F.current_timestamp()}
+            )
+            steps.append(
+                lambda: merge_into(
+                    spark, phi, config.table_path("restricted_phi_map"), "restricted_phi_map"
+                )
+            )
+        scan_counts, _, _, image_counts, _, prediction_counts, *_ = concurrently(*steps)
+        write_metric_rows(config, metric_rows, "run", run_id)
+        cleared = delete_matching(spark, kept, errors_path, "ingest_errors") if had_errors else 0
+        if exact:
+            ingest_errors = _sum_by(stats, "error_class", kind=INGEST_ERROR)
+            frame_classes = _sum_by(stats, "error_class", kind=FRAME)
+            labels = _sum_by(stats, "label", kind=FRAME)
+            pixel_instances_n = n(SCAN, has_pixels=True)
+        else:  # duplicates were dropped: count what was written
+            ingest_errors = _counts(errors, "error_class")
+            frame_classes = _counts(frame_errors, "error_class")
+            labels = _counts(predictions, "label")
+            pixel_instances_n = kept.where(F.col("has_pixels")).count()
+    finally:
+        out.unpersist()
+    seconds = time.monotonic() - start
+    n_images = n(FRAME, error_class=None) if exact else sum(labels.values())
+    n_inserted = scan_counts.get("numTargetRowsInserted", n_scans if exact else 0)
+    ingested = IngestResult(
+        run_id=run_id,
+        items=n_scans + n(INGEST_ERROR),
+        scans_inserted=n_inserted,
+        scans_updated=scan_counts.get("numTargetRowsUpdated", 0),
+        errors_by_class=ingest_errors,
+        seconds=seconds,
+        errors_cleared=cleared,
+    )
     record_ingest(record, ingested)
-    preprocessed = preprocess(spark, config, record.run_id)
+    preprocessed = PreprocessResult(
+        run_id=run_id,
+        instances=pixel_instances_n,
+        frames=_written(image_counts, n_images),
+        errors_by_class=frame_classes,
+        seconds=seconds,
+        config_hash=config.preprocess.chain().config_hash(),
+    )
     record_preprocess(record, preprocessed)
-    inferred = infer(spark, config, None, record.run_id)
+    n_predicted = sum(labels.values())
+    inferred = InferResult(
+        run_id=run_id,
+        model=model.name,
+        model_version=model.version,
+        frames=n_predicted,
+        inserted=prediction_counts.get("numTargetRowsInserted", n_predicted),
+        labels=labels,
+        seconds=seconds,
+    )
     record_infer(record, inferred)
     return ingested, preprocessed, inferred
+
+
+#: Rows per written file where a table's rows are large (``images``: a 224x224 tensor and a
+#: thumbnail, ~60 KB a row, so ~120 MB a file); other tables: 100,000 rows a file.
+_ROWS_PER_FILE = {"images": 2_000, "restricted_images": 2_000}
+
+#: Columns of the pass's ``metrics`` rows (``worker_metrics``, with ``batch_rows`` as ``rows``).
+_METRIC_COLUMNS = frozenset(
+    {
+        "partition",
+        "batch",
+        "batch_rows",
+        "seconds_read",
+        "seconds_decode",
+        "seconds_preprocess",
+        "seconds_infer",
+        "seconds_wall",
+        "rss_bytes",
+        "gpu_utilization",
+        "gpu_memory_bytes",
+    }
+)
+
+
+def _written(counts: dict[str, int], appended: int) -> int:
+    """Rows a write touched: a MERGE's inserted + updated, else (an append) ``appended``."""
+    if not counts:
+        return appended
+    return counts.get("numTargetRowsInserted", 0) + counts.get("numTargetRowsUpdated", 0)
+
+
+def _pass_stats(out: DataFrame) -> list[Any]:
+    """The one job that computes (and caches) every item of the pass: row counts by kind,
+    error class, burned-in action, pixels and label, distinct SOP Instance UIDs, and the
+    per-batch ``metrics`` rows (few: one per output batch)."""
+    from medspark.onepass import METRICS, PASS
+
+    metric_columns = [f.name for f in PASS.fields if f.name in _METRIC_COLUMNS]
+    return (
+        out.groupBy("kind", "error_class", "burned_in_action", "has_pixels", "label")
+        .agg(
+            F.count("*").alias("n"),
+            F.countDistinct("sop_instance_uid").alias("sops"),
+            F.collect_list(F.when(F.col("kind") == METRICS, F.struct(*metric_columns))).alias(
+                "metrics"
+            ),
+        )
+        .collect()
+    )
+
+
+def _sum_by(stats: list[Any], column: str, **where: Any) -> dict[str, int]:
+    """``{value of column: rows}`` over the collected ``stats`` groups that match ``where``
+    (null values of ``column`` left out)."""
+    out: dict[str, int] = {}
+    for r in stats:
+        if r[column] is not None and all(r[k] == v for k, v in where.items()):
+            out[r[column]] = out.get(r[column], 0) + int(r["n"])
+    return out
+
+
+def _counts(df: DataFrame, column: str) -> dict[str, int]:
+    rows = df.groupBy(column).agg(F.count("*").alias("n")).collect()
+    return {r[column]: int(r["n"]) for r in rows}
+
+
+def _phi_rows(kept: DataFrame) -> DataFrame:
+    """``restricted_phi_map`` rows from the pass's scans (original ids beside the pseudonyms)."""
+    from medspark.onepass import ORIGINAL_IDS
+
+    pairs = ", ".join(f"'{n}', original_{n}, {n}" for n in ORIGINAL_IDS)
+    return (
+        kept.selectExpr(f"stack({len(ORIGINAL_IDS)}, {pairs}) as (kind, original, pseudonym)")
+        .where(F.col("original").isNotNull() & F.col("pseudonym").isNotNull())
+        .distinct()
+    )

@@ -79,13 +79,35 @@ def load_model(cfg: ModelConfig, device: Any = "cpu") -> Any:
     return model
 
 
+_CHECKED: set[str] = set()
+
+
 def check_model(cfg: ModelConfig, tensor_shape: list[int] | None = None) -> None:
     """Fail fast, on the driver, if the model cannot run on the ``images`` tensors.
 
     Loads the file, runs one zero batch of the expected input shape (1, channels, rows, cols),
     and checks that the output has one score per class name. ``tensor_shape`` (the preprocess
-    output, e.g. [224, 224]) must match ``input_size``.
+    output, e.g. [224, 224]) must match ``input_size``. A check that passed is not repeated in
+    the same process for the same model entry, file and shape (the CLI runs it while Spark
+    starts, then the step runs it again for callers that did not).
     """
+    key = repr((cfg, tensor_shape, _file_state(cfg)))
+    if key in _CHECKED:
+        return
+    _check_model(cfg, tensor_shape)
+    _CHECKED.add(key)
+
+
+def _file_state(cfg: ModelConfig) -> tuple[str, int, int] | None:
+    try:
+        path = model_path(cfg)
+        st = path.stat()
+    except Exception:  # noqa: BLE001 - the check itself reports a missing file
+        return None
+    return (str(path), st.st_size, st.st_mtime_ns)
+
+
+def _check_model(cfg: ModelConfig, tensor_shape: list[int] | None) -> None:
     import torch
 
     rows, cols = cfg.input_size

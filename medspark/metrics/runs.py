@@ -1,5 +1,7 @@
 """Recording every run: ``job_runs`` (one row per run) and ``stage_metrics`` (Spark's own).
 
+Both are written from the driver with delta-rs (:mod:`medspark.tables.small`): no Spark job.
+
 :func:`recorded_run` wraps a step: its Spark jobs are tagged with the run id, and when the step
 ends, successfully or not, one ``job_runs`` row and the run's ``stage_metrics`` rows are written.
 A failure to write these bookkeeping rows is reported on stderr and never hides the step's own
@@ -89,8 +91,7 @@ def _write(
     error: BaseException | None,
 ) -> None:
     from medspark.metrics.spark_stages import stage_metrics_rows
-    from medspark.tables.schemas import JOB_RUNS, STAGE_METRICS
-    from medspark.tables.writers import ensure_table, merge_into
+    from medspark.tables.small import append_rows
 
     sc = spark.sparkContext
     row = {
@@ -115,10 +116,10 @@ def _write(
         "errors": record.errors,
         "images_per_second": (record.frames / seconds) if record.frames and seconds else None,
     }
-    df = spark.createDataFrame([tuple(row[f.name] for f in JOB_RUNS.fields)], JOB_RUNS)
-    merge_into(spark, df, config.table_path("job_runs"), "job_runs")
+    append_rows(config.table_path("job_runs"), "job_runs", [row])
     stages = stage_metrics_rows(spark, record.run_id)
-    ensure_table(spark, config.table_path("stage_metrics"), "stage_metrics")  # empty if UI off
+    # Written even when empty (Spark UI off), so readers find the table.
+    append_rows(config.table_path("stage_metrics"), "stage_metrics", stages)
     if stages:
         slowest = max(stages, key=lambda r: r["executor_run_time_s"])
         print(
@@ -127,7 +128,3 @@ def _write(
             f"{slowest['executor_run_time_s']:.1f} s executor time over {slowest['num_tasks']} "
             "task(s)"
         )
-        sdf = spark.createDataFrame(
-            [tuple(s[f.name] for f in STAGE_METRICS.fields) for s in stages], STAGE_METRICS
-        )
-        merge_into(spark, sdf, config.table_path("stage_metrics"), "stage_metrics")

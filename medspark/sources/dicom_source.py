@@ -84,21 +84,8 @@ class DicomReader(DataSourceReader):
         )
 
     def partitions(self) -> list[InputPartition]:
-        from medspark.sources.archives import balance, list_files, plan_units
-
-        files, errors = list_files(self.paths)
-        units = plan_units(files, self.max_partition_bytes)
-        target = max(
-            self.num_partitions, -(-sum(u.size for u in units) // self.max_partition_bytes)
-        )
-        bins = balance(units, target) if units else []
-        parts: list[InputPartition] = [DicomPartition(b, []) for b in bins]
-        if errors:
-            if parts:
-                parts[0].errors = errors  # type: ignore[attr-defined]
-            else:
-                parts.append(DicomPartition([], errors))
-        return parts or [DicomPartition([], [])]
+        bins = plan_partitions(self.paths, self.num_partitions, self.max_partition_bytes)
+        return [DicomPartition(units, errors) for units, errors in bins]
 
     def read(self, partition: InputPartition) -> Iterator[tuple[Any, ...]]:
         from medspark.sources.archives import iter_unit
@@ -112,8 +99,39 @@ class DicomReader(DataSourceReader):
                 yield item_row(item, names)
 
 
+def plan_partitions(
+    paths: list[str], num_partitions: int, max_partition_bytes: int
+) -> list[tuple[list[Any], list[Any]]]:
+    """Plan the read on the driver: ``(units, planner error items)`` per partition.
+
+    Touches only file names and sizes (and a large zip's central directory). At least
+    ``num_partitions`` partitions, more when the input exceeds ``max_partition_bytes`` each;
+    the planner's errors (a missing path, a link) ride on the first partition. Never empty.
+    """
+    from medspark.sources.archives import balance, list_files, plan_units
+
+    files, errors = list_files(paths)
+    units = plan_units(files, max_partition_bytes)
+    target = max(num_partitions, -(-sum(u.size for u in units) // max_partition_bytes))
+    bins: list[tuple[list[Any], list[Any]]] = [
+        (b, []) for b in (balance(units, target) if units else [])
+    ]
+    if errors:
+        if bins:
+            bins[0] = (bins[0][0], errors)
+        else:
+            bins.append(([], errors))
+    return bins or [([], [])]
+
+
 def item_row(item: Any, names: list[str]) -> tuple[Any, ...]:
     """One :class:`~medspark.sources.archives.Item` -> a row tuple in ``names`` order."""
+    row = item_dict(item)
+    return tuple(row.get(name) for name in names)
+
+
+def item_dict(item: Any) -> dict[str, Any]:
+    """One item -> its ``INSTANCES`` columns: the parsed header, or the error and reason."""
     from medspark.dicom.header import INVALID_DICOM, ItemError, parse_header
 
     row: dict[str, Any] = {
@@ -136,7 +154,7 @@ def item_row(item: Any, names: list[str]) -> tuple[Any, ...]:
         except Exception as exc:  # noqa: BLE001 - a parser bug must not fail the task
             row["error_class"] = INVALID_DICOM
             row["error_message"] = f"{item.location}: {type(exc).__name__}: {exc}"
-    return tuple(row.get(name) for name in names)
+    return row
 
 
 class DicomDataSource(DataSource):

@@ -83,7 +83,12 @@ def ensure_table(spark: Any, path: str, table: str) -> Any:
 
 
 def merge_into(
-    spark: Any, df: DataFrame, path: str, table: str, metrics: bool = False
+    spark: Any,
+    df: DataFrame,
+    path: str,
+    table: str,
+    metrics: bool = False,
+    fresh: bool = False,
 ) -> dict[str, int]:
     """MERGE ``df`` into the Delta table at ``path`` on the table's key; returns Delta's metrics.
 
@@ -99,23 +104,26 @@ def merge_into(
     job, which callers that ignore the counts do not pay) and reported as
     ``numTargetRowsInserted``; otherwise the dict is empty. (Asking Delta whether an existing
     table has files costs more than the MERGE saves, so an existing empty table still gets a
-    MERGE.)
+    MERGE.) ``fresh`` says the caller created the table empty in this run
+    (:func:`create_tables`): append at once, without asking Delta.
     """
     from delta.tables import DeltaTable
 
     _, keys = TABLES[table]
-    existed = DeltaTable.isDeltaTable(spark, path)
-    target = ensure_table(spark, path, table)
+    existed = not fresh and DeltaTable.isDeltaTable(spark, path)
+    if not fresh:
+        ensure_table(spark, path, table)
     source = conform(df, table)
     if not existed:
         source.write.format("delta").mode("append").save(path)
         if not metrics:
             return {}
-        history = _last_commit_metrics(target)
+        history = _last_commit_metrics(DeltaTable.forPath(spark, path))
         return {"numTargetRowsInserted": history.get("numOutputRows", 0), **history}
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     result = (
-        target.alias("t")
+        DeltaTable.forPath(spark, path)
+        .alias("t")
         .merge(source.alias("s"), condition)
         # A column added to a table's schema in a later release is added to an existing table
         # by its next MERGE, instead of failing it (Delta's MERGE schema evolution).
@@ -127,7 +135,7 @@ def merge_into(
     return _merge_counts(result)
 
 
-def replace_table(spark: Any, df: DataFrame, path: str, table: str) -> None:
+def replace_table(spark: Any, df: DataFrame, path: str, table: str, fresh: bool = False) -> None:
     """Replace every row of the Delta table at ``path`` with ``df``, in one atomic commit.
 
     For derived tables rebuilt whole on each run. As in :func:`merge_into`, a table this call
@@ -137,9 +145,29 @@ def replace_table(spark: Any, df: DataFrame, path: str, table: str) -> None:
     """
     from delta.tables import DeltaTable
 
-    existed = DeltaTable.isDeltaTable(spark, path)
-    ensure_table(spark, path, table)
+    existed = not fresh and DeltaTable.isDeltaTable(spark, path)
+    if not fresh:
+        ensure_table(spark, path, table)
     conform(df, table).write.format("delta").mode("overwrite" if existed else "append").save(path)
+
+
+def create_tables(spark: Any, tables: dict[str, str]) -> set[str]:
+    """Create each missing table of ``{name: path}`` empty, with its declared schema; return
+    the names created (which the caller may then fill with a plain append: ``fresh=True``).
+
+    Creating a Delta table is a commit of its own, and a first load creates several: done in
+    one thread while the executors are busy (``run`` starts it beside its compute job), they
+    cost no wall time; done by each write just before its data, they cost seconds in a cold
+    JVM (about 5 s for seven tables, measured on a 20-slice ``run``).
+    """
+    from delta.tables import DeltaTable
+
+    created = set()
+    for name, path in tables.items():
+        if not DeltaTable.isDeltaTable(spark, path):
+            ensure_table(spark, path, name)
+            created.add(name)
+    return created
 
 
 def delete_matching(spark: Any, keys: DataFrame, path: str, table: str) -> int:

@@ -1,0 +1,297 @@
+"""One executor pass per item: what ``medspark run`` computes, each item opened once.
+
+For every input item, on the executor that reads it: the bytes are read once (with the archive
+limits of ingest), hashed (SHA-256), the header parsed and de-identified, the frames decoded,
+cleaned of burned-in text, run through the OpenCV chain, and the model applied to them in
+batches, all in the same Python worker. The pass yields rows of four kinds, in one Arrow
+schema (:data:`PASS`):
+
+``scan``
+    a ``scans`` candidate (de-identified), with the true acquisition time for
+    ``restricted_acquisitions`` and, when ``deid.phi_map`` is on, the original ids.
+``ingest_error``
+    an item that could not become a scan, with its error class and reason.
+``frame``
+    an ``images`` row or a ``preprocess_errors`` row, with the model's label, score and
+    probabilities when the frame has a tensor.
+``metrics``
+    one row per output batch for ``worker_metrics`` (on the side: no data row carries them).
+
+:func:`process_units` is pure Python (no Spark) and is tested so; :func:`pass_batches` is the
+thin ``mapInArrow`` wrapper. ``medspark.pipeline.run_all`` splits the cached result into the
+tables. Before, ``run`` read every item twice (ingest, then preprocess) and every tensor once
+more (infer), each step writing and re-reading Delta tables.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql.types import (
+    DoubleType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampNTZType,
+)
+
+from medspark.tables.schemas import INSTANCES, PREDICTION, PREPROCESSED
+
+SCAN = "scan"
+INGEST_ERROR = "ingest_error"
+FRAME = "frame"
+METRICS = "metrics"
+
+#: Original ids carried by ``scan`` rows for ``restricted_phi_map`` (null unless phi_map is on).
+ORIGINAL_IDS = ("patient_id", "sop_instance_uid", "study_instance_uid", "series_instance_uid")
+
+
+def _pass_schema() -> StructType:
+    fields: dict[str, StructField] = {"kind": StructField("kind", StringType(), False)}
+    for f in [*INSTANCES.fields, *PREPROCESSED.fields, *PREDICTION.fields]:
+        if f.name not in fields:
+            fields[f.name] = StructField(f.name, f.dataType, True)
+    extra = [
+        StructField("burned_in_flag_reason", StringType(), True),
+        StructField("acquired_at", TimestampNTZType(), True),
+        *[StructField(f"original_{n}", StringType(), True) for n in ORIGINAL_IDS],
+        StructField("batch_rows", LongType(), True),  # metrics rows: frames of the batch
+        StructField("seconds_infer", DoubleType(), True),
+        StructField("gpu_utilization", DoubleType(), True),
+        StructField("gpu_memory_bytes", LongType(), True),
+    ]
+    for f in extra:
+        fields.setdefault(f.name, f)
+    return StructType(list(fields.values()))
+
+
+#: The pass's output: one schema for the four kinds of rows (see the module docstring).
+PASS = _pass_schema()
+
+
+def limits(ingest: Any) -> Any:
+    """The archive and item limits of ``ingest`` (an ``IngestConfig``), as the reader takes them."""
+    from medspark.sources.archives import Limits
+
+    return Limits(
+        max_item_bytes=ingest.max_item_bytes,
+        max_archive_depth=ingest.max_archive_depth,
+        max_archive_bytes=ingest.max_archive_bytes,
+        max_archive_members=ingest.max_archive_members,
+        max_compression_ratio=ingest.max_compression_ratio,
+    )
+
+
+@dataclass(frozen=True)
+class PassSettings:
+    """Everything the executor needs; pickled into the ``mapInArrow`` closure.
+
+    ``pseudonymizer`` None means de-identification is off; ``predict`` None means no model.
+    """
+
+    limits: Any  # medspark.sources.archives.Limits
+    preprocess: Any  # medspark.preprocess.udf.PreprocessSettings
+    pseudonymizer: Any | None  # medspark.dicom.deid.Pseudonymizer
+    predict: Any | None  # medspark.inference.predict.PredictSettings
+    batch_size: int = 64
+    phi_map: bool = False
+
+
+#: Modalities whose equipment commonly burns text (names, dates) into the pixels.
+BURNED_IN_MODALITIES = ("US",)
+#: Secondary Capture Image Storage SOP classes (screenshots, scanned documents, exports).
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def burned_in_reason(
+    header_json: str | None, modality: str | None, sop_class: str | None
+) -> str | None:
+    """Why a frame may show burned-in text, or None: Burned In Annotation (0028,0301) YES, a
+    modality known for it (ultrasound), or a Secondary Capture SOP Class UID (0008,0016).
+
+    The rule of ``medspark.pipeline.pixel_instances`` (which says it in Spark SQL for
+    ``preprocess`` alone), here for one item; a test keeps the two equal.
+    """
+    burned = None
+    if header_json:
+        element = json.loads(header_json).get("00280301") or {}
+        values = element.get("Value") or [None]
+        burned = str(values[0]).upper() if values[0] is not None else None
+    if burned == "YES":
+        return "Burned In Annotation (0028,0301) is YES"
+    if modality in BURNED_IN_MODALITIES:
+        return f"modality {modality} often burns in text"
+    if sop_class is not None and sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
+        return "Secondary Capture SOP class"
+    return None
+
+
+def _scan_rows(item: Any, settings: PassSettings) -> tuple[dict[str, Any], bytes | None]:
+    """The ``scan`` or ``ingest_error`` row of one item, and the bytes to decode (or None)."""
+    from medspark.sources.dicom_source import item_dict
+
+    row = item_dict(item)
+    if row.get("error_class") is not None:
+        row["kind"] = INGEST_ERROR
+        return row, None
+    raw = dict(row)
+    row["acquired_at"] = raw.get("acquisition_datetime") or raw.get("study_datetime")
+    if settings.pseudonymizer is not None:
+        candidate = {k: v for k, v in row.items() if k in _CANDIDATE_COLUMNS}
+        row.update(settings.pseudonymizer.deidentify_row(candidate))
+        if settings.phi_map:
+            for name in ORIGINAL_IDS:
+                row[f"original_{name}"] = raw.get(name)
+    row["kind"] = SCAN
+    row["burned_in_flag_reason"] = burned_in_reason(
+        raw.get("header_json"), raw.get("modality"), raw.get("sop_class_uid")
+    )
+    return row, (item.data if row.get("has_pixels") else None)
+
+
+def _candidate_columns() -> frozenset[str]:
+    from medspark.tables.schemas import HEADER_FIELDS, SOURCE_FIELDS
+
+    return frozenset(f.name for f in HEADER_FIELDS + SOURCE_FIELDS)
+
+
+_CANDIDATE_COLUMNS = _candidate_columns()
+
+
+def process_units(
+    units: Iterable[Any], errors: Iterable[Any], settings: PassSettings
+) -> Iterator[dict[str, Any]]:
+    """Every row of the pass for these work units (and the planner's error items), model not
+    applied: ``scan`` / ``ingest_error`` rows, then the item's ``frame`` rows. Pure Python."""
+    from medspark.preprocess.udf import process_item
+    from medspark.sources.archives import iter_unit
+
+    def items() -> Iterator[Any]:
+        yield from errors
+        for unit in units:
+            yield from iter_unit(unit, settings.limits)
+
+    for item in items():
+        t_read = time.perf_counter()
+        row, data = _scan_rows(item, settings)
+        yield row
+        if data is None:
+            continue
+        reason = row["burned_in_flag_reason"]
+        key = {
+            "sop_instance_uid": row["sop_instance_uid"],
+            "source_uri": row["source_uri"],
+            "archive_member": row["archive_member"],
+            "burned_in_annotation": reason is not None,
+            "burned_in_reason": reason,
+        }
+        seconds_read = time.perf_counter() - t_read  # read, hash, parse, de-identify
+        for frame_row in process_item(data, key, settings.preprocess):
+            frame_row["kind"] = FRAME
+            frame_row["seconds_read"] = seconds_read
+            seconds_read = 0.0
+            yield frame_row
+
+
+_PREDICT_FNS: dict[str, Any] = {}
+
+
+def _predict_fn(settings: Any) -> Any:
+    """The model's predict function, built once per Python worker (workers are reused)."""
+    key = repr(settings)  # frozen dataclasses of plain values (lists inside: not hashable)
+    fn = _PREDICT_FNS.get(key)
+    if fn is None:
+        from medspark.inference.predict import make_predict_fn_factory
+
+        fn = _PREDICT_FNS[key] = make_predict_fn_factory(settings)()
+    return fn
+
+
+def _apply_model(rows: list[dict[str, Any]], settings: PassSettings) -> dict[str, Any]:
+    """Label, score and probabilities onto the frame rows that have a tensor, in batches of
+    ``batch_size``; returns the batch's inference metrics (seconds, GPU)."""
+    import numpy as np
+
+    todo = [r for r in rows if r.get("kind") == FRAME and r.get("tensor") is not None]
+    out: dict[str, Any] = {"seconds_infer": 0.0, "gpu_utilization": None, "gpu_memory_bytes": None}
+    if settings.predict is None or not todo:
+        return out
+    predict = _predict_fn(settings.predict)
+    for start in range(0, len(todo), settings.batch_size):
+        chunk = todo[start : start + settings.batch_size]
+        tensors = np.empty(len(chunk), dtype=object)
+        tensors[:] = [r["tensor"] for r in chunk]
+        result = predict(tensors)
+        for i, r in enumerate(chunk):
+            r["label"] = str(result["label"][i])
+            r["score"] = float(result["score"][i])
+            r["probabilities"] = [float(p) for p in result["probabilities"][i]]
+        out["seconds_infer"] += float(result["seconds_infer"][0])
+        gpu = result["gpu_utilization"][0]
+        out["gpu_utilization"] = None if gpu is None else float(gpu)
+        mem = result["gpu_memory_bytes"][0]
+        out["gpu_memory_bytes"] = None if mem is None else int(mem)
+    return out
+
+
+def pass_batches(batches: Iterator[Any], settings: PassSettings) -> Iterator[Any]:
+    """``mapInArrow`` body: rows of pickled ``(units, errors)`` in, :data:`PASS` rows out, in
+    batches of at most ``preprocess.frames_per_batch`` frames, each followed by its metrics."""
+    import pickle
+
+    import cv2
+    import pyarrow as pa
+    from pyspark import TaskContext
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    from medspark.preprocess.udf import worker_rss_bytes
+
+    ctx = TaskContext.get()
+    cv2.setNumThreads(max(1, ctx.cpus() if ctx is not None else 1))
+    partition = ctx.partitionId() if ctx is not None else 0
+    schema = to_arrow_schema(PASS, timezone="UTC")
+    names = schema.names
+    limit = settings.preprocess.frames_per_batch
+    batch_index = 0
+
+    def flush(rows: list[dict[str, Any]], started: float) -> Any:
+        nonlocal batch_index
+        infer = _apply_model(rows, settings)
+        frames = [r for r in rows if r["kind"] == FRAME]
+        rows.append(
+            {
+                "kind": METRICS,
+                "partition": partition,
+                "batch": batch_index,
+                "batch_rows": len(frames),
+                "seconds_read": sum(r.get("seconds_read") or 0.0 for r in frames),
+                "seconds_decode": sum(r.get("seconds_decode") or 0.0 for r in frames),
+                "seconds_preprocess": sum(r.get("seconds_preprocess") or 0.0 for r in frames),
+                "seconds_wall": time.perf_counter() - started,
+                "rss_bytes": worker_rss_bytes(),
+                **infer,
+            }
+        )
+        batch_index += 1
+        columns = {n: [r.get(n) for r in rows] for n in names}
+        return pa.RecordBatch.from_pydict(columns, schema=schema)
+
+    for batch in batches:
+        for blob in batch.column("units").to_pylist():
+            units, errors = pickle.loads(blob)
+            rows: list[dict[str, Any]] = []
+            started = time.perf_counter()
+            n_frames = 0
+            for row in process_units(units, errors, settings):
+                rows.append(row)
+                n_frames += row["kind"] == FRAME
+                if n_frames >= limit:
+                    yield flush(rows, started)
+                    rows, n_frames, started = [], 0, time.perf_counter()
+            if rows:
+                yield flush(rows, started)

@@ -1,0 +1,190 @@
+"""The one-pass ``run``: the same tables as ``ingest``, ``preprocess`` and ``infer`` in turn.
+
+Pure tests of :func:`medspark.onepass.process_units` first (no Spark), then one comparison on
+Spark: real pydicom files (CT, MR, ultrasound with and without regions, multi-frame, broken
+ones, a copy of one file in a zip: a duplicate) go through both flows into two warehouses, and
+every table must hold the same rows, apart from run ids, times and worker timings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import zipfile
+
+import pydicom
+import pytest
+
+from medspark.config import DeidConfig, PipelineConfig, with_overrides
+from medspark.dicom.deid import Pseudonymizer
+from medspark.onepass import (
+    FRAME,
+    INGEST_ERROR,
+    SCAN,
+    PassSettings,
+    burned_in_reason,
+    limits,
+    process_units,
+)
+from medspark.pipeline import preprocess_settings
+from medspark.sources.dicom_source import plan_partitions
+
+NAMES = (
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "examples_ybr_color.dcm",  # ultrasound with regions: cleaned
+    "examples_rgb_color.dcm",  # ultrasound without regions: withheld
+    "rtdose.dcm",  # 15 frames
+    "rtplan.dcm",  # no pixels
+    "JPEG-lossy.dcm",  # a frame pydicom cannot decode
+    "SC_rgb_rle_2frame.dcm",  # secondary capture, 2 frames
+)
+
+
+def _settings(config: PipelineConfig, secret: bytes = b"pass-secret") -> PassSettings:
+    return PassSettings(
+        limits=limits(config.ingest),
+        preprocess=preprocess_settings(config),
+        pseudonymizer=Pseudonymizer(secret, config.deid),
+        predict=None,
+    )
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, test_files):
+    root = tmp_path_factory.mktemp("onepass_in")
+    loose = root / "loose"
+    loose.mkdir()
+    for name in NAMES:
+        shutil.copyfile(test_files / name, loose / name)
+    (loose / "garbage.dcm").write_bytes(b"not a dicom file at all")
+    with zipfile.ZipFile(root / "copy.zip", "w") as zf:  # the same CT again: duplicate_copy
+        zf.write(test_files / "CT_small.dcm", "again/CT_small.dcm")
+    return [str(loose), str(root / "copy.zip")]
+
+
+def test_process_units_yields_each_item_once_then_its_frames(inputs):
+    config = PipelineConfig()
+    settings = _settings(config)
+    rows = [
+        r
+        for units, errors in plan_partitions(inputs, 1, 1 << 30)
+        for r in process_units(units, errors, settings)
+    ]
+    scans = [r for r in rows if r["kind"] == SCAN]
+    errors = [r for r in rows if r["kind"] == INGEST_ERROR]
+    frames = [r for r in rows if r["kind"] == FRAME]
+    assert len(scans) == len(NAMES) + 1 and [e["error_class"] for e in errors] == ["not_dicom"]
+    # De-identified before anything leaves the item: the frames carry the pseudonymous UID.
+    ct = pydicom.dcmread(inputs[0] + "/CT_small.dcm", stop_before_pixels=True)
+    pseudo = settings.pseudonymizer.uid(ct.SOPInstanceUID)
+    assert {r["sop_instance_uid"] for r in scans} >= {pseudo}
+    assert ct.SOPInstanceUID not in json.dumps([r.get("header_json") for r in scans])
+    assert {r["sop_instance_uid"] for r in frames} <= {r["sop_instance_uid"] for r in scans}
+    assert sum(r["sop_instance_uid"] == pseudo for r in frames) == 2  # loose and zipped copy
+    dose = [r for r in frames if r["source_uri"].endswith("rtdose.dcm")]
+    assert [r["frame"] for r in dose] == list(range(15))
+    # The true acquisition time stays beside the shifted one, for restricted_acquisitions.
+    row = next(r for r in scans if r["sop_instance_uid"] == pseudo and not r["archive_member"])
+    assert row["acquired_at"] is not None and row["acquired_at"] != row["acquisition_datetime"]
+    # The model is not applied without predict settings; the tensors are there for it.
+    assert all(r.get("label") is None for r in frames)
+
+
+def test_burned_in_rule_is_the_sql_rule(spark, test_files):
+    """The pass's Python rule and ``pixel_instances``' Spark SQL rule agree on real files."""
+    from pyspark.sql.types import StructType
+
+    from medspark.dicom.header import ItemError, parse_header
+    from medspark.pipeline import pixel_instances
+    from medspark.tables.schemas import HEADER_FIELDS, SOURCE_FIELDS
+
+    rows = []
+    for path in sorted(test_files.glob("*.dcm")):
+        try:
+            header = parse_header(path.read_bytes(), path.name)
+        except ItemError:
+            continue
+        rows.append(
+            {**header, "source_uri": path.name, "archive_member": None, "size": 1, "sha256": ""}
+        )
+    schema = StructType(HEADER_FIELDS + SOURCE_FIELDS)
+    df = spark.createDataFrame([tuple(r[f.name] for f in schema) for r in rows], schema)
+    sql = {r.source_uri: r.burned_in_reason for r in pixel_instances(df).collect()}
+    python = {
+        r["source_uri"]: burned_in_reason(r["header_json"], r["modality"], r["sop_class_uid"])
+        for r in rows
+        if r["has_pixels"]
+    }
+    assert sql == python and sum(v is not None for v in sql.values()) >= 5
+
+
+def _rows(spark, config, table, drop):
+    df = spark.read.format("delta").load(config.table_path(table))
+    columns = [c for c in df.columns if c not in drop]
+    return sorted(
+        (tuple(r[c] for c in columns) for r in df.select(*columns).collect()), key=repr
+    ), columns
+
+
+VOLATILE = {
+    "run_id",
+    "ingested_at",
+    "recorded_at",
+    "processed_at",
+    "predicted_at",
+    "score",
+    "probabilities",
+}
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("phi_map", [True])
+def test_run_equals_ingest_preprocess_infer(spark, inputs, tmp_path, phi_map):
+    from medspark.metrics.runs import RunRecord
+    from medspark.pipeline import infer, ingest, preprocess, run_all
+
+    deid = DeidConfig(phi_map=phi_map)
+    steps = with_overrides(PipelineConfig(), warehouse=str(tmp_path / "steps"), deid=deid)
+    onepass = with_overrides(PipelineConfig(), warehouse=str(tmp_path / "pass"), deid=deid)
+    ingest(spark, inputs, steps)
+    preprocess(spark, steps)
+    infer(spark, steps)
+    ingested, preprocessed, inferred = run_all(
+        spark, inputs, onepass, RunRecord(run_id="pass-1", job="run")
+    )
+    assert ingested.errors_by_class == {"not_dicom": 1, "duplicate_copy": 1}
+    assert preprocessed.errors_by_class == {"undecodable_frame": 1}
+    for table in (
+        "scans",
+        "ingest_errors",
+        "images",
+        "preprocess_errors",
+        "restricted_acquisitions",
+        "scanner_utilization",
+        "restricted_images",
+        "restricted_phi_map",
+    ):
+        a, cols = _rows(spark, steps, table, VOLATILE)
+        b, _ = _rows(spark, onepass, table, VOLATILE)
+        assert a == b, f"{table} differs ({cols})"
+        assert a, table
+    # Predictions: the same frames and labels; scores equal up to float noise of batching.
+    a = spark.read.format("delta").load(steps.table_path("predictions")).collect()
+    b = spark.read.format("delta").load(onepass.table_path("predictions")).collect()
+    key = lambda r: (r.sop_instance_uid, r.frame)  # noqa: E731
+    assert [(key(r), r.label) for r in sorted(a, key=key)] == [
+        (key(r), r.label) for r in sorted(b, key=key)
+    ]
+    for x, y in zip(sorted(a, key=key), sorted(b, key=key), strict=True):
+        assert math.isclose(x.score, y.score, rel_tol=1e-5, abs_tol=1e-6)
+    assert inferred.frames == len(b) == preprocessed.frames
+
+    # A second run of the same input changes no row count and adds none (MERGE path).
+    again = run_all(spark, inputs, onepass, RunRecord(run_id="pass-2", job="run"))
+    assert again[0].scans_inserted == 0 and again[0].scans_updated == ingested.scans
+    for table in ("scans", "ingest_errors", "images", "predictions", "restricted_acquisitions"):
+        first, _ = _rows(spark, steps, table, VOLATILE)
+        now, _ = _rows(spark, onepass, table, VOLATILE)
+        assert len(now) == len(first), table
