@@ -120,3 +120,33 @@ def test_whole_file_error_is_reported_once_over_frame_ranges(test_files):
         for r in process_item(data, _key("rtplan"), _settings(), frames=(start, start + 4))
     ]
     assert [(r["frame"], r["error_class"]) for r in rows] == [(None, "undecodable_file")]
+
+
+def test_reread_applies_the_ingest_limits(tmp_path, test_files):
+    """The re-read is the ingest reader: an item over a limit is refused with ingest's class."""
+    from medspark.sources.archives import Limits, to_uri
+    from medspark.sources.members import ItemReadError
+
+    ct = tmp_path / "ct.dcm"
+    ct.write_bytes((test_files / "CT_small.dcm").read_bytes())
+    zpath = tmp_path / "a.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.write(ct, "x/ct.dcm")
+    small = Limits(max_item_bytes=1024)
+    got = dict(read_items([(to_uri(ct), None), (to_uri(zpath), "x/ct.dcm")], small))
+    for content in got.values():
+        assert isinstance(content, ItemReadError) and content.error_class == "too_large"
+    assert dict(read_items([(to_uri(ct), None)]))[(to_uri(ct), None)] == ct.read_bytes()
+
+
+def test_changed_source_is_an_error_row_not_other_pixels(tmp_path, test_files):
+    import hashlib
+
+    from medspark.preprocess.udf import _reread_problem
+
+    data = (test_files / "CT_small.dcm").read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    assert _reread_problem("f", data, digest, digest) is None
+    cls, message = _reread_problem("f", data, digest, "0" * 64)
+    assert cls == "source_changed" and "ingest it again" in message
+    assert _reread_problem("f", OSError("gone"), None, digest)[0] == "unreadable"

@@ -92,6 +92,7 @@ def test_process_units_yields_each_item_once_then_its_frames(inputs):
     assert all(r.get("label") is None for r in frames)
 
 
+@pytest.mark.spark
 def test_burned_in_rule_is_the_sql_rule(spark, test_files):
     """The pass's Python rule and ``pixel_instances``' Spark SQL rule agree on real files."""
     from pyspark.sql.types import StructType
@@ -107,7 +108,14 @@ def test_burned_in_rule_is_the_sql_rule(spark, test_files):
         except ItemError:
             continue
         rows.append(
-            {**header, "source_uri": path.name, "archive_member": None, "size": 1, "sha256": ""}
+            {
+                **header,
+                "source_uri": path.name,
+                "archive_member": None,
+                "size": 1,
+                "sha256": "",
+                "container": "plain",
+            }
         )
     schema = StructType(HEADER_FIELDS + SOURCE_FIELDS)
     df = spark.createDataFrame([tuple(r[f.name] for f in schema) for r in rows], schema)

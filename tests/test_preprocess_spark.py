@@ -210,3 +210,23 @@ def test_burned_in_frames_are_cleaned_or_withheld(spark, processed):
     # The model still sees every frame: withheld tensors come from restricted_images.
     inputs = model_inputs(spark, config).collect()
     assert len(inputs) == len(rows) and all(r.tensor for r in inputs)
+
+
+def test_a_file_replaced_since_ingest_is_source_changed(spark, tmp_path, test_files):
+    """preprocess re-reads through the ingest reader and checks each item's SHA-256."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copyfile(test_files / "CT_small.dcm", src / "ct.dcm")
+    shutil.copyfile(test_files / "MR_small.dcm", src / "mr.dcm")
+    config = with_overrides(PipelineConfig(), warehouse=str(tmp_path / "wh"))
+    ingest(spark, [str(src)], config)
+    shutil.copyfile(test_files / "JPEG2000.dcm", src / "ct.dcm")  # other bytes, same name
+    result = preprocess(spark, config)
+    assert result.errors_by_class == {"source_changed": 1}
+    errors = spark.read.format("delta").load(config.table_path("preprocess_errors")).collect()
+    assert len(errors) == 1 and errors[0].source_uri.endswith("/ct.dcm")
+    assert "changed since ingest" in errors[0].message
+    images = spark.read.format("delta").load(config.table_path("images")).collect()
+    assert [r.source_uri.rsplit("/", 1)[-1] for r in images] == ["mr.dcm"]
+    scans = spark.read.format("delta").load(config.table_path("scans")).collect()
+    assert {r.container for r in scans} == {"plain"}

@@ -232,6 +232,8 @@ PASSTHROUGH_COLUMNS = frozenset(
         # lets whoever holds the original file confirm it is in the table.
         "size",
         "sha256",
+        # plain, zip, tar or gzip: the kind of file, nothing of its content.
+        "container",
         # Bookkeeping columns of the written table.
         "run_id",
         "ingested_at",

@@ -8,7 +8,10 @@ small model-ready tensors travel out.
 
 Error classes: ``unreadable`` (the item could not be read again), ``undecodable_file`` (whole
 file: no usable Pixel Data, unsupported encoding), ``undecodable_frame`` (one frame failed; the
-others still produce rows), ``preprocess_failed`` (an op raised on this frame).
+others still produce rows), ``preprocess_failed`` (an op raised on this frame),
+``source_changed`` (the item's bytes no longer have the SHA-256 that ingest recorded: the file
+was replaced since; ingest it again). An item the reader refuses on the re-read keeps the class
+ingest gives it (``too_large``, ``decompression_bomb``, ...).
 
 Burned-in text (``burned_in`` setting, ``deid.burned_in`` in the config): a frame flagged for it
 (``burned_in_annotation``) is cleaned before the chain runs, so thumbnail and tensor are both
@@ -20,6 +23,7 @@ only. With ``burned_in: keep`` flagged frames are ``kept`` as they are.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +32,7 @@ from typing import Any
 import numpy as np
 
 UNREADABLE = "unreadable"
+SOURCE_CHANGED = "source_changed"
 UNDECODABLE_FILE = "undecodable_file"
 UNDECODABLE_FRAME = "undecodable_frame"
 PREPROCESS_FAILED = "preprocess_failed"
@@ -42,6 +47,7 @@ class PreprocessSettings:
     thumbnail_size: int
     frames_per_batch: int
     burned_in: str = "clean"  # deid.burned_in: clean or keep
+    limits: Any = None  # medspark.sources.archives.Limits of the re-read (None: the defaults)
 
 
 #: ``burned_in_action`` values (null: the frame is not flagged).
@@ -246,7 +252,8 @@ def preprocess_batches(
     for batch in batches:
         # Location -> (key, frame share) of every row that needs the item read there.
         keys: dict[tuple[str, str | None], list[tuple[dict[str, Any], Any]]] = {}
-        for sop, uri, member, burned, reason, start, stop in zip(
+        shas = batch["sha256"] if "sha256" in batch else [None] * len(batch)
+        for sop, uri, member, burned, reason, start, stop, sha in zip(
             batch["sop_instance_uid"],
             batch["source_uri"],
             batch["archive_member"],
@@ -254,6 +261,7 @@ def preprocess_batches(
             batch["burned_in_reason"],
             batch["frame_start"],
             batch["frame_stop"],
+            shas,
             strict=True,
         ):
             member = None if not isinstance(member, str) else member  # pandas gives NaN/None
@@ -265,20 +273,23 @@ def preprocess_batches(
                 "burned_in_reason": reason if isinstance(reason, str) else None,
             }
             share = None if pd.isna(start) else (int(start), int(stop))
-            keys.setdefault((uri, member), []).append((key, share))
-        items = iter(read_items(keys))
+            expected = sha if isinstance(sha, str) else None
+            keys.setdefault((uri, member), []).append((key, share, expected))
+        items = iter(read_items(keys, settings.limits))
         while True:
             t_read = time.perf_counter()
             try:
                 (uri, member), content = next(items)
             except StopIteration:
                 break
+            where = uri + (f"!{member}" if member else "")
             seconds_read = time.perf_counter() - t_read
-            for key, share in keys[(uri, member)]:
-                if isinstance(content, Exception):
+            digest = None if isinstance(content, Exception) else hashlib.sha256(content).hexdigest()
+            for key, share, expected in keys[(uri, member)]:
+                problem = _reread_problem(where, content, digest, expected)
+                if problem is not None:
                     if share is None or share[0] == 0:  # one row per item, not per share
-                        where = uri + (f"!{member}" if member else "")
-                        row = _error_row(key, None, UNREADABLE, f"{where}: {content}")
+                        row = _error_row(key, None, *problem)
                         row["seconds_read"] = seconds_read
                         out.append(row)
                 else:
@@ -294,6 +305,21 @@ def preprocess_batches(
                     batch_start = time.perf_counter()
     if out:
         yield flush()
+
+
+def _reread_problem(
+    where: str, content: bytes | Exception, digest: str | None, expected: str | None
+) -> tuple[str, str] | None:
+    """Why a re-read item cannot be preprocessed (error class, message), or None."""
+    if isinstance(content, Exception):
+        return getattr(content, "error_class", UNREADABLE), f"{where}: {content}"
+    if expected is not None and digest != expected:
+        return (
+            SOURCE_CHANGED,
+            f"{where}: changed since ingest (SHA-256 {digest} now, {expected} when ingested); "
+            "ingest it again",
+        )
+    return None
 
 
 def worker_rss_bytes() -> int | None:

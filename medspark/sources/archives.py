@@ -31,7 +31,7 @@ import tarfile
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -51,6 +51,7 @@ class Item:
     data: bytes | None = None
     error_class: str | None = None
     message: str | None = None
+    container: ContainerKind | None = None  # what the source file is (sniffed, not its suffix)
 
     @property
     def location(self) -> str:
@@ -244,7 +245,12 @@ def balance(units: list[InputUnit], num_partitions: int) -> list[list[InputUnit]
 
 
 def iter_unit(unit: InputUnit, limits: Limits) -> Iterator[Item]:
-    """Yield every item of one unit; never raises for bad input."""
+    """Yield every item of one unit; never raises for bad input.
+
+    Each item carries the ``container`` kind of its source file (``plain``, ``zip``, ``tar``
+    or ``gzip``), sniffed from its first bytes: ``scans.container`` records it, and a later
+    re-read (:func:`medspark.sources.members.read_items`) goes by it, not by the suffix.
+    """
     uri = to_uri(unit.path)
     try:
         with open(unit.path, "rb") as fh:
@@ -253,13 +259,14 @@ def iter_unit(unit: InputUnit, limits: Limits) -> Iterator[Item]:
             kind = sniff(head)
             if kind == "plain":
                 if unit.size > limits.max_item_bytes:
-                    yield _too_large(uri, None, unit.size, limits)
+                    yield replace(_too_large(uri, None, unit.size, limits), container=kind)
                     return
                 data = fh.read()
-                yield _plain_item(uri, None, data)
+                yield replace(_plain_item(uri, None, data), container=kind)
                 return
             budget = _Budget(limits)
-            yield from _iter_container(fh, kind, uri, "", 1, budget, unit.member_range)
+            for item in _iter_container(fh, kind, uri, "", 1, budget, unit.member_range):
+                yield replace(item, container=kind)
     except OSError as exc:
         yield Item(uri, None, error_class="unreadable", message=f"{uri}: {exc}")
 

@@ -137,6 +137,7 @@ def item_dict(item: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
         "source_uri": item.source_uri,
         "archive_member": item.archive_member,
+        "container": item.container,
         "has_pixels": None,
     }
     if item.data is not None:

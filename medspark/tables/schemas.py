@@ -41,6 +41,12 @@ SOURCE_FIELDS: list[StructField] = [
     ),
     _f("size", LongType(), True, "bytes of the item (uncompressed member size)"),
     _f("sha256", StringType(), True, "SHA-256 of the item's bytes, hex"),
+    _f(
+        "container",
+        StringType(),
+        True,
+        "what the source file is, sniffed from its bytes: plain, zip, tar or gzip",
+    ),
 ]
 
 #: Typed header columns parsed from DICOM (see medspark.dicom.header.parse_header).

@@ -1,0 +1,308 @@
+"""The medspark flow's steps: DataFrame in, DataFrame out, no table written.
+
+Ingestion::
+
+    read_instances ─► split_instances ─┬─► deidentify_scans ─► resolve_duplicates ─► scans
+                                       └──────────────────────────────┴──────────► ingest_errors
+
+Every input item ends in exactly one of ``scans`` or ``ingest_errors``: the data source emits
+one row per item, :func:`split_instances` partitions those rows on ``error_class``, and
+:func:`resolve_duplicates` moves any row it does not keep to the errors with its reason.
+Preprocessing: :func:`pixel_instances` ─► :func:`frame_ranges` ─► :func:`preprocess_frames`
+─► :func:`split_frames`; inference: :func:`predict_frames`. The jobs that read and write the
+tables are in :mod:`medspark.pipeline`; what a run did, and its recording, in
+:mod:`medspark.recording`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from medspark.config import PipelineConfig
+from medspark.sources import dicom_source
+from medspark.tables.schemas import HEADER_FIELDS, SOURCE_FIELDS
+
+DUPLICATE_SOP = "duplicate_sop_instance"
+DUPLICATE_COPY = "duplicate_copy"
+
+
+def read_instances(spark: Any, sources: Sequence[str], config: PipelineConfig) -> DataFrame:
+    """Read scan inputs with the ``dicom`` data source: one row per item, header or error."""
+    dicom_source.register(spark)
+    ingest = config.ingest
+    partitions = ingest.min_partitions or 2 * spark.sparkContext.defaultParallelism
+    return (
+        spark.read.format(dicom_source.NAME)
+        .option("numPartitions", partitions)
+        .option("maxPartitionBytes", ingest.max_partition_bytes)
+        .option("maxItemBytes", ingest.max_item_bytes)
+        .option("maxArchiveDepth", ingest.max_archive_depth)
+        .option("maxArchiveBytes", ingest.max_archive_bytes)
+        .option("maxArchiveMembers", ingest.max_archive_members)
+        .option("maxCompressionRatio", ingest.max_compression_ratio)
+        .load(list(sources))
+    )
+
+
+def split_instances(instances: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """Split data-source rows into scan candidates and errors (``error_class`` is null or not)."""
+    candidates = instances.where(F.col("error_class").isNull()).select(
+        [f.name for f in HEADER_FIELDS + SOURCE_FIELDS]
+    )
+    errors = instances.where(F.col("error_class").isNotNull()).select(
+        *[f.name for f in SOURCE_FIELDS],
+        "error_class",
+        F.col("error_message").alias("message"),
+    )
+    return candidates, errors
+
+
+def _location(uri: Any, member: Any) -> Any:
+    return F.when(member.isNull(), uri).otherwise(F.concat(uri, F.lit("!"), member))
+
+
+def resolve_duplicates(
+    candidates: DataFrame, existing: DataFrame | None
+) -> tuple[DataFrame, DataFrame]:
+    """Keep one item per SOP Instance UID (0008,0018); the others become error rows.
+
+    The choice is deterministic: an instance already in ``scans`` keeps its source (a re-run of
+    the same item updates that row); otherwise the item with the smallest ``source_uri``, then
+    ``archive_member`` (loose file first), is kept. A rejected item with the same SHA-256 as the
+    kept one is ``duplicate_copy`` (the same file twice); with different content it is
+    ``duplicate_sop_instance``, which usually means a UID generator reused a value. The message
+    names the kept source.
+    """
+    if existing is not None:
+        prior = existing.select(
+            F.col("sop_instance_uid"),
+            F.col("source_uri").alias("_e_uri"),
+            F.col("archive_member").alias("_e_member"),
+            F.col("sha256").alias("_e_sha"),
+        )
+        joined = candidates.join(prior, "sop_instance_uid", "left")
+    else:
+        joined = (
+            candidates.withColumn("_e_uri", F.lit(None).cast("string"))
+            .withColumn("_e_member", F.lit(None).cast("string"))
+            .withColumn("_e_sha", F.lit(None).cast("string"))
+        )
+    window = Window.partitionBy("sop_instance_uid").orderBy(
+        F.col("source_uri").asc(), F.col("archive_member").asc_nulls_first()
+    )
+    ranked = (
+        joined.withColumn("_first_uri", F.first("source_uri").over(window))
+        .withColumn("_first_member", F.first("archive_member").over(window))
+        .withColumn("_first_sha", F.first("sha256").over(window))
+        .withColumn("_kept_uri", F.coalesce("_e_uri", "_first_uri"))
+        .withColumn(
+            "_kept_member",
+            F.when(F.col("_e_uri").isNotNull(), F.col("_e_member")).otherwise(
+                F.col("_first_member")
+            ),
+        )
+        .withColumn(
+            "_kept_sha",
+            F.when(F.col("_e_uri").isNotNull(), F.col("_e_sha")).otherwise(F.col("_first_sha")),
+        )
+        .withColumn(
+            "_keep",
+            F.col("source_uri").eqNullSafe(F.col("_kept_uri"))
+            & F.col("archive_member").eqNullSafe(F.col("_kept_member")),
+        )
+    )
+    helper_cols = [c for c in ranked.columns if c.startswith("_")]
+    kept = ranked.where("_keep").drop(*helper_cols)
+    same = F.col("sha256").eqNullSafe(F.col("_kept_sha"))
+    rejected = ranked.where(~F.col("_keep")).select(
+        *[f.name for f in SOURCE_FIELDS],
+        F.when(same, F.lit(DUPLICATE_COPY)).otherwise(F.lit(DUPLICATE_SOP)).alias("error_class"),
+        F.concat(
+            _location(F.col("source_uri"), F.col("archive_member")),
+            F.lit(": SOP Instance UID "),
+            F.col("sop_instance_uid"),
+            F.when(same, F.lit(" is an identical copy of ")).otherwise(
+                F.lit(" is already taken by different content in ")
+            ),
+            _location(F.col("_kept_uri"), F.col("_kept_member")),
+            F.lit(" (kept)"),
+        ).alias("message"),
+    )
+    return kept, rejected
+
+
+_STREAM_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".gz")
+
+
+def pixel_instances(scans: DataFrame) -> DataFrame:
+    """Instances that carry Pixel Data (7FE0,0010): the input of preprocessing.
+
+    Also flags instances whose pixels may carry burned-in identity: Burned In Annotation
+    (0028,0301) = YES in the header, a modality known for it (ultrasound), or a Secondary
+    Capture SOP Class UID (0008,0016); the same rule as :func:`medspark.onepass.burned_in_reason`.
+    What happens to their pixels is ``deid.burned_in`` (see :mod:`medspark.preprocess.udf`).
+    """
+    from medspark.onepass import BURNED_IN_MODALITIES, SECONDARY_CAPTURE_PREFIX
+
+    burned = F.upper(F.get_json_object("header_json", "$.00280301.Value[0]"))
+    reason = (
+        F.when(burned == "YES", F.lit("Burned In Annotation (0028,0301) is YES"))
+        .when(
+            F.col("modality").isin(*BURNED_IN_MODALITIES),
+            F.concat(F.lit("modality "), F.col("modality"), F.lit(" often burns in text")),
+        )
+        .when(
+            F.col("sop_class_uid").startswith(SECONDARY_CAPTURE_PREFIX),
+            F.lit("Secondary Capture SOP class"),
+        )
+    )
+    # scans rows of releases before scans.container have none: the reader sniffs anyway.
+    container = F.col("container") if "container" in scans.columns else F.lit(None)
+    return scans.where(F.col("has_pixels")).select(
+        "sop_instance_uid",
+        "source_uri",
+        "archive_member",
+        "sha256",
+        container.cast("string").alias("container"),
+        reason.isNotNull().alias("burned_in_annotation"),
+        reason.alias("burned_in_reason"),
+        F.coalesce("number_of_frames", F.lit(1)).alias("number_of_frames"),
+    )
+
+
+def frame_ranges(instances: DataFrame, frames_per_task: int) -> DataFrame:
+    """One row per share of at most ``frames_per_task`` frames of each instance.
+
+    A 500-frame file (ultrasound cine, enhanced CT or MR) would otherwise be decoded by one task
+    on one core while the others idle. Adds ``frame_start`` and ``frame_stop`` (0-based,
+    half-open); an instance with no more frames than that keeps one row with both null (the
+    whole file). Each share reads the whole file: the split trades reading for parallel decode.
+    """
+    n = F.col("number_of_frames")
+    starts = F.sequence(F.lit(0), n - 1, F.lit(frames_per_task))
+    split = instances.where(n > frames_per_task).select("*", F.explode(starts).alias("frame_start"))
+    return split.withColumn(
+        "frame_stop", F.least(F.col("frame_start") + frames_per_task, n)
+    ).unionByName(
+        instances.where(~(n > frames_per_task) | n.isNull()).withColumns(
+            {"frame_start": F.lit(None).cast("int"), "frame_stop": F.lit(None).cast("int")}
+        )
+    )
+
+
+def preprocess_settings(config: PipelineConfig) -> Any:
+    """The executor's :class:`~medspark.preprocess.udf.PreprocessSettings` for ``config``."""
+    from medspark.onepass import limits
+    from medspark.preprocess.udf import PreprocessSettings
+
+    pre = config.preprocess
+    return PreprocessSettings(
+        chain=pre.chain(),
+        window=pre.window_value(),
+        thumbnail_size=pre.thumbnail_size,
+        frames_per_batch=pre.frames_per_batch,
+        burned_in=config.deid.burned_in,
+        limits=limits(config.ingest),
+    )
+
+
+def preprocess_frames(
+    instances: DataFrame, config: PipelineConfig, num_partitions: int
+) -> DataFrame:
+    """Decode and preprocess every frame: one output row per frame or per failure.
+
+    Members of tar/gzip streams are co-located by ``source_uri`` so each stream is read once per
+    partition; loose files and zip members are spread by SOP Instance UID and frame range (see
+    :func:`frame_ranges`) so every core works. Only locations go into the UDF; the bytes are
+    read on the executor.
+    """
+    from medspark.preprocess.udf import preprocess_batches
+    from medspark.tables.schemas import PREPROCESSED
+
+    pre = config.preprocess
+    settings = preprocess_settings(config)
+    columns = PREPROCESSED.fieldNames()
+    # Tar and gzip streams are read front to back: their members go to one partition. The
+    # kind was sniffed at ingest (scans.container); rows of older releases fall back on the
+    # file name.
+    by_suffix = F.lower("source_uri").rlike(
+        "(" + "|".join(s.replace(".", r"\.") for s in _STREAM_SUFFIXES) + ")$"
+    )
+    is_stream = (
+        F.coalesce(F.col("container").isin("tar", "gzip"), by_suffix)
+        & F.col("archive_member").isNotNull()
+    )
+    keyed = frame_ranges(instances, pre.frames_per_task).withColumn(
+        "_part",
+        F.when(is_stream, F.col("source_uri")).otherwise(
+            F.concat_ws(
+                "#", "sop_instance_uid", F.lpad(F.col("frame_start").cast("string"), 9, "0")
+            )
+        ),
+    )
+    return (
+        # By range, not by hash: a few heavy rows (the shares of one large file) hashed into a
+        # few partitions collide and leave cores idle; ranges give each partition its share.
+        keyed.repartitionByRange(num_partitions, "_part")
+        .sortWithinPartitions("source_uri", "archive_member", "frame_start")
+        .drop("_part")
+        .mapInPandas(lambda it: preprocess_batches(it, settings, columns), PREPROCESSED)
+    )
+
+
+def split_frames(frames: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """Split UDF output into ``images`` rows and ``preprocess_errors`` rows."""
+    images = frames.where(F.col("error_class").isNull()).drop("error_class", "error_message")
+    errors = frames.where(F.col("error_class").isNotNull()).select(
+        "sop_instance_uid",
+        "frame",
+        "source_uri",
+        "archive_member",
+        "error_class",
+        F.col("error_message").alias("message"),
+    )
+    return images, errors
+
+
+def predict_frames(
+    images: DataFrame, config: PipelineConfig, model_name: str | None = None
+) -> DataFrame:
+    """Run the model on every frame's tensor with predict_batch_udf; one row per frame."""
+    from medspark.inference.predict import predict_udf
+
+    model = config.inference.model_config(model_name)
+    udf = predict_udf(config.inference, model)
+    return images.select("sop_instance_uid", "frame", udf(F.col("tensor")).alias("_p")).select(
+        "sop_instance_uid",
+        "frame",
+        F.lit(model.name).alias("model"),
+        F.lit(model.version).alias("model_version"),
+        "_p.label",
+        "_p.score",
+        "_p.probabilities",
+        F.array(*[F.lit(c) for c in model.class_names]).alias("class_names"),
+        # Batch metrics for worker_metrics (not columns of the predictions table).
+        "_p.partition",
+        "_p.batch",
+        "_p.seconds_infer",
+        "_p.seconds_wall",
+        "_p.rss_bytes",
+        "_p.gpu_utilization",
+        "_p.gpu_memory_bytes",
+    )
+
+
+def phi_rows(kept: DataFrame) -> DataFrame:
+    """``restricted_phi_map`` rows from the pass's scans (original ids beside the pseudonyms)."""
+    from medspark.onepass import ORIGINAL_IDS
+
+    pairs = ", ".join(f"'{n}', original_{n}, {n}" for n in ORIGINAL_IDS)
+    return (
+        kept.selectExpr(f"stack({len(ORIGINAL_IDS)}, {pairs}) as (kind, original, pseudonym)")
+        .where(F.col("original").isNotNull() & F.col("pseudonym").isNotNull())
+        .distinct()
+    )
