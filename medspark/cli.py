@@ -8,7 +8,10 @@ configuration or arguments, 3 when the environment is missing something (Java, j
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -112,10 +115,46 @@ def build_parser() -> argparse.ArgumentParser:
 QUICK_JIT = "-XX:TieredStopAtLevel=1"
 
 
+#: Spark master URLs medspark accepts (checked before the JVM starts).
+_MASTER = re.compile(
+    r"local(\[(\*|[1-9][0-9]*)(,\s*[1-9][0-9]*)?\])?"
+    r"|local-cluster\[[1-9][0-9]*,\s*[1-9][0-9]*,\s*[1-9][0-9]*\]"
+    r"|spark://[^\s/:,]+:[0-9]+(,[^\s/:,]+:[0-9]+)*"
+    r"|yarn|k8s://\S+"
+)
+_MASTER_ALLOWED = "local, local[N], local[*], local[N,F], spark://HOST:PORT, yarn or k8s://URL"
+
+
+def check_invocation(args: argparse.Namespace, config: Any) -> None:
+    """What can be wrong with the command line or the config, checked before Spark starts:
+    a master URL Spark would reject with a Java stack trace, a warehouse path that is a file,
+    a source path that does not exist (a typo, not a bad input: exit 2 naming it)."""
+    master = getattr(args, "master", None)
+    if master is not None and not _MASTER.fullmatch(master):
+        raise ConfigError("--master", master, _MASTER_ALLOWED)
+    if master is None and not _MASTER.fullmatch(config.spark.master):
+        raise ConfigError("spark.master", config.spark.master, _MASTER_ALLOWED)
+    for key, path in (
+        ("--warehouse", config.warehouse),
+        ("--restricted-warehouse", config.restricted_warehouse),
+    ):
+        if path and Path(path).exists() and not Path(path).is_dir():
+            raise ConfigError(key, path, "a directory (this path is a file)")
+    for source in getattr(args, "sources", None) or []:
+        if "://" not in source and not os.path.lexists(source):
+            raise ConfigError("sources", source, "an existing file or directory (not found)")
+
+
 def _session(args: argparse.Namespace, config: Any) -> Any:
     from medspark.session import build_session
 
     extra = dict(args.spark_conf)
+    # Spark's own SQL warehouse (unused by medspark, whose tables are paths) would otherwise be
+    # an empty spark-warehouse/ left in the working directory by every run.
+    extra.setdefault(
+        "spark.sql.warehouse.dir",
+        str(Path(tempfile.gettempdir()) / f"medspark-spark-sql-{os.getuid()}"),
+    )
     if "spark.driver.extraJavaOptions" not in {**config.spark.conf, **extra}:
         extra["spark.driver.extraJavaOptions"] = QUICK_JIT
     return build_session(config.spark, master=args.master, extra_conf=extra)
@@ -152,6 +191,7 @@ def _recorded(
     from medspark.pipeline import new_run_id
 
     config = config or _load(args, str(Path(args.warehouse).absolute()))
+    check_invocation(args, config)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(meanwhile, config) if meanwhile else None
         spark = _session(args, config)

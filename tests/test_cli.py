@@ -28,6 +28,25 @@ def test_unknown_model_exits_2_before_spark(tmp_path, capsys):
     assert "--model" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["run", "{tmp}/no-such-folder", "--warehouse", "{tmp}/wh"], "no-such-folder"),
+        (["ingest", "{tmp}", "--warehouse", "{tmp}/wh", "--master", "nonsense"], "nonsense"),
+        (["run", "{tmp}", "--warehouse", "{tmp}/wh", "--master", "local[abc]"], "local[abc]"),
+        (["ingest", "{tmp}", "--warehouse", "{tmp}/file.txt"], "file.txt"),
+    ],
+)
+def test_bad_invocation_exits_2_before_spark(tmp_path, capsys, argv, named):
+    """A typo in a path or the master is a configuration error: one line, exit 2, no JVM."""
+    (tmp_path / "file.txt").write_text("not a directory")
+    code = main([a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("medspark: ") and named in err
+    assert not (tmp_path / "wh").exists()
+
+
 @pytest.mark.spark
 def test_medspark_run_end_to_end(tmp_path, test_files):
     src = tmp_path / "in"
@@ -51,8 +70,10 @@ def test_medspark_run_end_to_end(tmp_path, test_files):
         text=True,
         env=os.environ.copy(),
         timeout=600,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "wh", "wh_restricted"]  # no stray
     out = proc.stdout
     assert "4 item(s) read" in out  # three DICOM files and a text file
     assert "not_dicom" in out
