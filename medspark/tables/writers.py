@@ -9,11 +9,13 @@ Key columns may be null (``archive_member`` of a loose file); they are compared 
 from __future__ import annotations
 
 import os
+import random
 import stat
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -23,6 +25,8 @@ from medspark.tables.schemas import TABLES
 
 if TYPE_CHECKING:
     from medspark.config import PipelineConfig
+
+T = TypeVar("T")
 
 TABLE_PROPERTIES = {
     # Readers other than Spark (delta-rs, DuckDB through delta-rs, polars) must be able to
@@ -71,6 +75,12 @@ def conform(df: DataFrame, table: str) -> DataFrame:
 
 
 def ensure_table(spark: Any, path: str, table: str) -> Any:
+    """Create the Delta table at ``path`` with its declared schema if it does not exist
+    (retried when another writer creates it at the same moment)."""
+    return with_retries(lambda: _ensure_table_once(spark, path, table), table)
+
+
+def _ensure_table_once(spark: Any, path: str, table: str) -> Any:
     """Create the Delta table at ``path`` with its declared schema if it does not exist."""
     from delta.tables import DeltaTable
 
@@ -83,6 +93,29 @@ def ensure_table(spark: Any, path: str, table: str) -> Any:
 
 
 def merge_into(
+    spark: Any,
+    df: DataFrame,
+    path: str,
+    table: str,
+    metrics: bool = False,
+    fresh: bool = False,
+) -> dict[str, int]:
+    """:func:`_merge_into_once`, retried when it loses a commit race (:func:`with_retries`).
+
+    A retry asks Delta again whether the table exists and has rows, so an append planned on a
+    fresh table becomes a MERGE once another writer has filled it: the result is the same as
+    if the two writers had run one after the other.
+    """
+    attempt = {"fresh": fresh}
+
+    def once() -> dict[str, int]:
+        first, attempt["fresh"] = attempt["fresh"], False
+        return _merge_into_once(spark, df, path, table, metrics, first)
+
+    return with_retries(once, table)
+
+
+def _merge_into_once(
     spark: Any,
     df: DataFrame,
     path: str,
@@ -136,6 +169,19 @@ def merge_into(
 
 
 def replace_table(spark: Any, df: DataFrame, path: str, table: str, fresh: bool = False) -> None:
+    """:func:`_replace_table_once`, retried when it loses a commit race."""
+    attempt = {"fresh": fresh}
+
+    def once() -> None:
+        first, attempt["fresh"] = attempt["fresh"], False
+        _replace_table_once(spark, df, path, table, first)
+
+    with_retries(once, table)
+
+
+def _replace_table_once(
+    spark: Any, df: DataFrame, path: str, table: str, fresh: bool = False
+) -> None:
     """Replace every row of the Delta table at ``path`` with ``df``, in one atomic commit.
 
     For derived tables rebuilt whole on each run. As in :func:`merge_into`, a table this call
@@ -171,6 +217,11 @@ def create_tables(spark: Any, tables: dict[str, str]) -> set[str]:
 
 
 def delete_matching(spark: Any, keys: DataFrame, path: str, table: str) -> int:
+    """:func:`_delete_matching_once`, retried when it loses a commit race."""
+    return with_retries(lambda: _delete_matching_once(spark, keys, path, table), table)
+
+
+def _delete_matching_once(spark: Any, keys: DataFrame, path: str, table: str) -> int:
     """Delete the rows of the Delta table at ``path`` whose key matches a row of ``keys``.
 
     Keys are compared null-safely, as in :func:`merge_into`. One atomic commit (a MERGE with
@@ -206,6 +257,67 @@ def _last_commit_metrics(target: Any) -> dict[str, int]:
     last = target.history(1).select("operationMetrics").collect()[0]
     metrics = last["operationMetrics"] or {}
     return {k: int(v) for k, v in metrics.items() if str(v).lstrip("-").isdigit()}
+
+
+#: Attempts of one write that loses commit races (Delta's optimistic concurrency), and the
+#: first wait; each wait doubles, with up to 50 % random jitter so two losers do not collide
+#: again in step.
+RETRY_ATTEMPTS = 6
+RETRY_FIRST_WAIT_S = 0.5
+
+#: Delta's "another writer committed first" errors (their Python classes), and the error
+#: classes of the same race seen as analysis errors (two writers creating one table).
+_RACE_ERROR_CLASSES = (
+    "DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION",
+    "DELTA_PROTOCOL_CHANGED",
+    "DELTA_METADATA_CHANGED",
+    "DELTA_CONCURRENT_APPEND",
+    "DELTA_CONCURRENT_DELETE_READ",
+    "DELTA_CONCURRENT_DELETE_DELETE",
+    "DELTA_CONCURRENT_TRANSACTION",
+    "DELTA_CONCURRENT_WRITE",
+)
+
+
+def lost_commit_race(exc: BaseException) -> bool:
+    """Whether ``exc`` says another writer committed first: worth retrying, not a failure."""
+    from delta.exceptions import DeltaConcurrentModificationException
+
+    if isinstance(exc, DeltaConcurrentModificationException):
+        return True
+    get_class = getattr(exc, "getCondition", None) or getattr(exc, "getErrorClass", None)
+    cls = get_class() if callable(get_class) else None
+    text = str(exc)
+    return cls in _RACE_ERROR_CLASSES or any(c in text[:300] for c in _RACE_ERROR_CLASSES)
+
+
+def with_retries(fn: Callable[[], T], what: str) -> T:
+    """``fn()``, run again (bounded, with backoff) while it loses a Delta commit race.
+
+    Delta's optimistic concurrency lets two writers of one table both read a version and both
+    try to commit the next; the loser gets an exception and is meant to retry. Every medspark
+    write is idempotent (a MERGE on the table's key, a whole-table rebuild, or the creation of
+    an empty table), so running it again against the new version gives the same rows as
+    running it after the winner. Each retry is one line on stderr; after the last attempt the
+    exception is raised.
+    """
+    wait = RETRY_FIRST_WAIT_S
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt == RETRY_ATTEMPTS or not lost_commit_race(exc):
+                raise
+            pause = wait * (1 + random.random() / 2)
+            name = type(exc).__name__
+            print(
+                f"medspark: the write to {what} lost a commit race to another writer ({name}); "
+                f"retry {attempt + 1} of {RETRY_ATTEMPTS} in {pause:.1f} s",
+                file=sys.stderr,
+            )
+            time.sleep(pause)
+            wait *= 2
+    raise AssertionError("unreachable")
 
 
 def concurrently(*steps: Callable[[], Any]) -> list[Any]:
