@@ -67,10 +67,10 @@ def test_two_concurrent_ingests_into_a_new_warehouse_both_land(spark, tmp_path, 
     import shutil
     import threading
 
+    import pydicom
+
     from medspark.config import PipelineConfig, with_overrides
     from medspark.pipeline import ingest
-
-    import pydicom
 
     # Files with SOP Instance UIDs of their own: the same UID ingested by both at once is the
     # duplicate case, which concurrent runs do not resolve (see the closing note of #15).
