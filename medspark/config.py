@@ -68,6 +68,12 @@ class IngestConfig:
     max_archive_bytes: int = field(default=64 * 1024 * _MIB, metadata=_meta(minimum=_MIB))
     max_archive_members: int = field(default=1_000_000, metadata=_meta(minimum=1))
     max_compression_ratio: float = field(default=200.0, metadata=_meta(minimum=1.0))
+    # Bombs inside DICOM: a Deflated Explicit VR Little Endian data set may inflate to at most
+    # this many bytes, and one frame may hold at most this many pixel samples (rows x columns x
+    # samples per pixel). Beyond them the item is an error row, never an executor out of
+    # memory. The defaults pass every real file of pydicom's test data.
+    max_inflated_bytes: int = field(default=512 * _MIB, metadata=_meta(minimum=_MIB))
+    max_frame_samples: int = field(default=100_000_000, metadata=_meta(minimum=1024))
     # Streaming ingest (medspark ingest-stream): new files taken per micro-batch.
     stream_max_files_per_trigger: int = field(default=1000, metadata=_meta(minimum=1))
 

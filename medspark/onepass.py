@@ -84,6 +84,8 @@ def limits(ingest: Any) -> Any:
         max_archive_bytes=ingest.max_archive_bytes,
         max_archive_members=ingest.max_archive_members,
         max_compression_ratio=ingest.max_compression_ratio,
+        max_inflated_bytes=ingest.max_inflated_bytes,
+        max_frame_samples=ingest.max_frame_samples,
     )
 
 
@@ -135,7 +137,7 @@ def _scan_rows(item: Any, settings: PassSettings) -> tuple[dict[str, Any], bytes
     """The ``scan`` or ``ingest_error`` row of one item, and the bytes to decode (or None)."""
     from medspark.sources.dicom_source import item_dict
 
-    row = item_dict(item)
+    row = item_dict(item, settings.limits)
     if row.get("error_class") is not None:
         row["kind"] = INGEST_ERROR
         return row, None

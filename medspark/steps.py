@@ -44,6 +44,8 @@ def read_instances(spark: Any, sources: Sequence[str], config: PipelineConfig) -
         .option("maxArchiveBytes", ingest.max_archive_bytes)
         .option("maxArchiveMembers", ingest.max_archive_members)
         .option("maxCompressionRatio", ingest.max_compression_ratio)
+        .option("maxInflatedBytes", ingest.max_inflated_bytes)
+        .option("maxFrameSamples", ingest.max_frame_samples)
         .load(list(sources))
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import re
 
@@ -101,3 +102,65 @@ def test_every_bundled_file_parses_or_raises_item_error(test_files):
         assert h["sop_instance_uid"]
         json.loads(h["header_json"])
     assert ok >= 60
+
+
+def _deflated_bomb(rows: int = 4096, columns: int = 4096) -> bytes:
+    """A small file in Deflated Explicit VR Little Endian whose data set inflates to
+    rows x columns bytes of zeros (a 16 MiB data set in about 16 KB by default)."""
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = generate_uid()
+    ds.Rows, ds.Columns = rows, columns
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.zeros((rows, columns), np.uint8).tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_deflated_bomb_is_refused_before_it_inflates(test_files):
+    from medspark.dicom.header import BOMB, check_inflated_size
+    from medspark.sources.archives import Limits
+
+    bomb = _deflated_bomb()
+    assert len(bomb) < 100_000
+    with pytest.raises(ItemError) as err:
+        parse_header(bomb, "file:///bomb.dcm", Limits(max_inflated_bytes=1024 * 1024))
+    assert err.value.error_class == BOMB and "max_inflated_bytes=1048576" in err.value.message
+    # Under the limit it parses; pydicom's real deflated file passes the default limit.
+    assert parse_header(bomb, "file:///bomb.dcm")["rows"] == 4096
+    real = (test_files / "image_dfl.dcm").read_bytes()
+    check_inflated_size(real, Limits().max_inflated_bytes)
+    assert parse_header(real, "x")["sop_instance_uid"]
+
+
+def test_frame_larger_than_the_limit_is_too_large(test_files):
+    from medspark.dicom.header import TOO_LARGE
+    from medspark.sources.archives import Limits
+
+    data = (test_files / "CT_small.dcm").read_bytes()
+    with pytest.raises(ItemError) as err:
+        parse_header(data, "x", Limits(max_frame_samples=128 * 128 - 1))
+    assert err.value.error_class == TOO_LARGE and "128 x 128 x 1" in err.value.message
+    assert parse_header(data, "x", Limits(max_frame_samples=128 * 128))["rows"] == 128
+
+
+def test_default_limits_pass_every_bundled_file(test_files):
+    """The defaults refuse no real file of pydicom's test data for its size."""
+    from medspark.dicom.header import BOMB, TOO_LARGE
+
+    for path in sorted(test_files.glob("*.dcm")):
+        try:
+            parse_header(path.read_bytes(), path.name)
+        except ItemError as exc:
+            assert exc.error_class not in (BOMB, TOO_LARGE), (path.name, exc.message)

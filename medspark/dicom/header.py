@@ -25,6 +25,11 @@ NOT_DICOM = "not_dicom"
 TRUNCATED = "truncated"
 INVALID_DICOM = "invalid_dicom"
 MISSING_UID = "missing_sop_instance_uid"
+BOMB = "decompression_bomb"
+TOO_LARGE = "too_large"
+
+DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
+_INFLATE_CHUNK = 16 * 1024 * 1024
 
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _SEQ_DELIMITER_LE = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
@@ -238,15 +243,84 @@ def header_json(ds: Any, bulk_uri: Callable[[str], str]) -> str:
     return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
 
-def parse_header(data: bytes, location: str) -> dict[str, Any]:
+def check_inflated_size(data: bytes, max_inflated_bytes: int) -> None:
+    """Refuse a Deflated Explicit VR Little Endian item (Transfer Syntax UID (0002,0010)
+    1.2.840.10008.1.2.1.99) whose data set inflates past ``max_inflated_bytes``.
+
+    pydicom inflates the whole data set into memory when it reads such a file, so a 1 MB file
+    can cost gigabytes before a single attribute is seen. Here the file meta is read alone and
+    the rest inflated in bounded chunks that are counted and dropped: the cost is one pass of
+    zlib and 16 MiB of memory, and the item is an error row ``decompression_bomb`` with the
+    figures instead of an executor out of memory. Anything else (not deflated, no file meta,
+    a corrupt stream) is left to the parser.
+    """
+    if len(data) < 132 or data[128:132] != b"DICM":
+        return
+    import zlib
+
+    from pydicom.filereader import _read_file_meta_info
+
+    fp = io.BytesIO(data)
+    fp.seek(132)
+    try:
+        meta = _read_file_meta_info(fp)
+    except Exception:  # noqa: BLE001 - the parser reports a broken meta group
+        return
+    if str(meta.get("TransferSyntaxUID", "")).strip() != DEFLATED_EXPLICIT_VR_LE:
+        return
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending = memoryview(data)[fp.tell() :]
+    total = 0
+    try:
+        while pending and not inflater.eof:  # after the end, only padding may be left
+            total += len(inflater.decompress(pending, _INFLATE_CHUNK))
+            if total > max_inflated_bytes:
+                raise ItemError(
+                    BOMB,
+                    f"deflated data set of {len(data)} bytes inflates past "
+                    f"ingest.max_inflated_bytes={max_inflated_bytes} (stopped at {total})",
+                )
+            pending = inflater.unconsumed_tail
+    except zlib.error:
+        return
+
+
+def check_frame_size(ds: Any, max_frame_samples: int) -> None:
+    """Refuse an item whose frames would each allocate more than ``max_frame_samples`` pixel
+    samples once decoded: Rows (0028,0010) x Columns (0028,0011) x Samples per Pixel
+    (0028,0002). A compressed frame of 16384 x 16384 is small on disk and 1 GiB as float32;
+    the item is an error row ``too_large`` with the figures, decided before any decode."""
+    try:
+        rows = int(ds.get("Rows", 0) or 0)
+        columns = int(ds.get("Columns", 0) or 0)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (TypeError, ValueError):
+        return
+    if rows * columns * samples > max_frame_samples:
+        raise ItemError(
+            TOO_LARGE,
+            f"frames of {rows} x {columns} x {samples} samples exceed "
+            f"ingest.max_frame_samples={max_frame_samples}",
+        )
+
+
+def parse_header(data: bytes, location: str, limits: Any = None) -> dict[str, Any]:
     """Parse one DICOM item's bytes into the ``scans`` header columns.
 
     ``location`` (``uri`` or ``uri!member``) is used for bulk-data URIs in the JSON header.
     Raises :class:`ItemError` for non-DICOM, truncated or unparsable input, and for an
     instance without SOP Instance UID (0008,0018) or Media Storage SOP Instance UID
-    (0002,0003): without one, a row cannot be keyed.
+    (0002,0003): without one, a row cannot be keyed. ``limits`` (a
+    :class:`~medspark.sources.archives.Limits`; None: its defaults) bounds what the item may
+    cost: :func:`check_inflated_size` before parsing, :func:`check_frame_size` after.
     """
+    if limits is None:
+        from medspark.sources.archives import Limits
+
+        limits = Limits()
+    check_inflated_size(data, limits.max_inflated_bytes)
     ds = _read_dataset(data)
+    check_frame_size(ds, limits.max_frame_samples)
     meta = getattr(ds, "file_meta", None) or {}
     sop_uid = _text(ds, "SOPInstanceUID") or (
         str(meta.get("MediaStorageSOPInstanceUID", "")).strip() or None

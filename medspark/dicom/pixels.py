@@ -254,12 +254,21 @@ def _number_of_frames(ds: Any) -> int:
     return n
 
 
-def _open(source: bytes | bytearray | memoryview | str | os.PathLike) -> _Opened:
-    """Parse the file and check everything that would make *every* frame fail."""
+def _open(
+    source: bytes | bytearray | memoryview | str | os.PathLike,
+    max_frame_samples: int | None = None,
+) -> _Opened:
+    """Parse the file and check everything that would make *every* frame fail; with
+    ``max_frame_samples``, refuse frames larger than that before decoding any
+    (:func:`medspark.dicom.header.check_frame_size`, raising ``ItemError``)."""
     from pydicom.pixels import get_decoder
     from pydicom.pixels.utils import as_pixel_options, get_expected_length
 
     ds = _read_dataset(source)
+    if max_frame_samples is not None:
+        from medspark.dicom.header import check_frame_size
+
+        check_frame_size(ds, max_frame_samples)
     keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
     if keyword is None:
         sop = ds.get("SOPClassUID", None)
@@ -610,7 +619,11 @@ def _frames(opened: _Opened, frames: range | None = None) -> Iterator[Frame]:
         )
 
 
-def iter_frames(source: bytes | str | os.PathLike, frames: range | None = None) -> Iterator[Frame]:
+def iter_frames(
+    source: bytes | str | os.PathLike,
+    frames: range | None = None,
+    max_frame_samples: int | None = None,
+) -> Iterator[Frame]:
     """Yield every frame of a DICOM file as a :class:`Frame`, decoding one at a time.
 
     ``source`` is the file content (bytes) or a path. The file is parsed eagerly, so
@@ -623,7 +636,7 @@ def iter_frames(source: bytes | str | os.PathLike, frames: range | None = None) 
     Number of Frames (0028,0008) are ignored. Frames are addressed directly (native data by
     offset, encapsulated data by fragment), not decoded and skipped.
     """
-    return _frames(_open(source), frames)
+    return _frames(_open(source, max_frame_samples), frames)
 
 
 def modality_frames(source: bytes | str | os.PathLike) -> Iterator[np.ndarray]:

@@ -117,14 +117,26 @@ def process_item(
     frame 0, so the file still gets exactly one error row.
     """
     from medspark.dicom.burned_in import black_out_outside
+    from medspark.dicom.header import ItemError, check_inflated_size
     from medspark.dicom.pixels import DicomPixelError, iter_frames, to_display
     from medspark.preprocess.segmentation import mask_stats
 
     where = key["source_uri"] + (f"!{key['archive_member']}" if key["archive_member"] else "")
     t0 = time.perf_counter()
     reports_file_errors = frames is None or frames[0] == 0
+    limits = settings.limits
     try:
-        decoded = iter_frames(data, None if frames is None else range(*frames))
+        if limits is not None:  # what ingest checked, again: the file may have been replaced
+            check_inflated_size(data, limits.max_inflated_bytes)
+        decoded = iter_frames(
+            data,
+            None if frames is None else range(*frames),
+            max_frame_samples=None if limits is None else limits.max_frame_samples,
+        )
+    except ItemError as exc:  # decompression_bomb, too_large: the bound, not the decoder
+        if reports_file_errors:
+            yield _error_row(key, None, exc.error_class, f"{where}: {exc.message}")
+        return
     except Exception as exc:  # noqa: BLE001 - DicomPixelError, or a decoder bug: not the task
         if reports_file_errors:
             text = str(exc) if isinstance(exc, DicomPixelError) else f"{type(exc).__name__}: {exc}"

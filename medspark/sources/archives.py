@@ -73,6 +73,9 @@ class Limits:
     max_archive_bytes: int = 64 * 1024**3
     max_archive_members: int = 1_000_000
     max_compression_ratio: float = 200.0
+    # Bombs inside one DICOM item (see medspark.dicom.header.check_item_cost).
+    max_inflated_bytes: int = 512 * 1024**2
+    max_frame_samples: int = 100_000_000
 
 
 # Ratios are only judged above this size: tiny members (or blank images) compress very well.

@@ -81,6 +81,8 @@ class DicomReader(DataSourceReader):
             max_compression_ratio=float(
                 options.get("maxCompressionRatio", Limits.max_compression_ratio)
             ),
+            max_inflated_bytes=_int_option(options, "maxInflatedBytes", Limits.max_inflated_bytes),
+            max_frame_samples=_int_option(options, "maxFrameSamples", Limits.max_frame_samples),
         )
 
     def partitions(self) -> list[InputPartition]:
@@ -96,7 +98,7 @@ class DicomReader(DataSourceReader):
             yield item_row(item, names)
         for unit in partition.units:
             for item in iter_unit(unit, self.limits):
-                yield item_row(item, names)
+                yield item_row(item, names, self.limits)
 
 
 def plan_partitions(
@@ -124,14 +126,17 @@ def plan_partitions(
     return bins or [([], [])]
 
 
-def item_row(item: Any, names: list[str]) -> tuple[Any, ...]:
+def item_row(item: Any, names: list[str], limits: Any = None) -> tuple[Any, ...]:
     """One :class:`~medspark.sources.archives.Item` -> a row tuple in ``names`` order."""
-    row = item_dict(item)
+    row = item_dict(item, limits)
     return tuple(row.get(name) for name in names)
 
 
-def item_dict(item: Any) -> dict[str, Any]:
-    """One item -> its ``INSTANCES`` columns: the parsed header, or the error and reason."""
+def item_dict(item: Any, limits: Any = None) -> dict[str, Any]:
+    """One item -> its ``INSTANCES`` columns: the parsed header, or the error and reason.
+
+    ``limits`` bounds what parsing the item may cost (see
+    :func:`medspark.dicom.header.parse_header`)."""
     from medspark.dicom.header import INVALID_DICOM, ItemError, parse_header
 
     row: dict[str, Any] = {
@@ -148,7 +153,7 @@ def item_dict(item: Any) -> dict[str, Any]:
         row["error_message"] = item.message
     else:
         try:
-            row.update(parse_header(item.data, item.location))
+            row.update(parse_header(item.data, item.location, limits))
         except ItemError as exc:
             row["error_class"] = exc.error_class
             row["error_message"] = f"{item.location}: {exc.message}"
