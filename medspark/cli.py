@@ -272,19 +272,20 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_default_model(config: Any) -> None:
-    from medspark.inference.model import check_model
-
-    check_model(config.inference.model_config(None), [config.preprocess.output_size] * 2)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from medspark.pipeline import run_all
+    from medspark.pipeline import prepare_pass, run_all
+
+    plans: list[Any] = []
+
+    def prepare(config: Any) -> None:
+        # While the JVM starts: check the model, plan the input, and compute a small local
+        # input's pass in this process (see medspark.pipeline.prepare_pass).
+        plans.append(prepare_pass(args.sources, config, args.master or config.spark.master))
 
     def step(spark: Any, config: Any, record: Any) -> Any:
-        return run_all(spark, args.sources, config, record)
+        return run_all(spark, args.sources, config, record, plans[0] if plans else None)
 
-    config, results = _recorded(args, "run", step, meanwhile=_check_default_model)
+    config, results = _recorded(args, "run", step, meanwhile=prepare)
     for result in results:
         print(result.summary())
     print(f"warehouse: {config.warehouse}")

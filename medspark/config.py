@@ -74,6 +74,10 @@ class IngestConfig:
     # memory. The defaults pass every real file of pydicom's test data.
     max_inflated_bytes: int = field(default=512 * _MIB, metadata=_meta(minimum=_MIB))
     max_frame_samples: int = field(default=100_000_000, metadata=_meta(minimum=1024))
+    # medspark run on a local master: an input of at most this many bytes is read, decoded and
+    # predicted in the driver process (while the JVM starts) instead of on Spark's Python
+    # workers, whose start costs more than such an input's work; 0 turns it off.
+    driver_pass_max_bytes: int = field(default=64 * _MIB, metadata=_meta(minimum=0))
     # Streaming ingest (medspark ingest-stream): new files taken per micro-batch.
     stream_max_files_per_trigger: int = field(default=1000, metadata=_meta(minimum=1))
 

@@ -297,3 +297,17 @@ def pass_batches(batches: Iterator[Any], settings: PassSettings) -> Iterator[Any
                     rows, n_frames, started = [], 0, time.perf_counter()
             if rows:
                 yield flush(rows, started)
+
+
+def compute_in_driver(bins: list[Any], settings: PassSettings) -> Any:
+    """The whole pass in this process, as a ``pyarrow.Table`` of :data:`PASS` rows: the same
+    rows the executors would produce (:func:`pass_batches` itself, run here), for a small
+    local input whose cost on Spark's Python workers would be mostly their start."""
+    import pickle
+
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    blobs = pa.RecordBatch.from_pydict({"units": [pickle.dumps(b) for b in bins]})
+    batches = list(pass_batches(iter([blobs]), settings))
+    return pa.Table.from_batches(batches, schema=to_arrow_schema(PASS, timezone="UTC"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -68,6 +69,7 @@ __all__ = [
     "ingest",
     "model_inputs",
     "new_run_id",
+    "prepare_pass",
     "phi_rows",
     "pixel_instances",
     "predict_frames",
@@ -400,44 +402,32 @@ def evaluate(
     return full
 
 
-def run_all(
-    spark: Any, sources: Sequence[str], config: PipelineConfig, record: Any
-) -> tuple[IngestResult, PreprocessResult, InferResult]:
-    """Ingest, preprocess and infer in one executor pass per item, under one run id.
+@dataclass
+class PassPlan:
+    """What ``run`` decided before Spark is needed: the work units, the executor settings
+    (secret and model included), and, for a small local input, the pass already computed."""
 
-    Every item is opened once (:mod:`medspark.onepass`): read, hashed, parsed, de-identified,
-    decoded, cleaned of burned-in text, run through the chain and the model in the same task.
-    The cached result is then split into ``scans``, ``ingest_errors``,
-    ``restricted_acquisitions`` (and ``scanner_utilization``), ``images``,
-    ``preprocess_errors``, ``predictions`` (and ``restricted_images``, ``restricted_phi_map``
-    when used), written concurrently; ``worker_metrics`` from the driver. The tables and their
-    keys are the same as after ``ingest``, ``preprocess`` and ``infer`` run one after another
-    (a test compares them).
+    bins: list[Any]
+    settings: Any  # medspark.onepass.PassSettings
+    computed: Any | None = None  # pyarrow.Table of PASS rows, or None: executors compute it
+
+
+def prepare_pass(sources: Sequence[str], config: PipelineConfig, master: str) -> PassPlan:
+    """Plan ``run`` (driver only, no Spark): the model checked, the input planned, and on a
+    ``local`` master an input of at most ``ingest.driver_pass_max_bytes`` computed in this
+    process (:func:`medspark.onepass.compute_in_driver`).
+
+    The CLI calls it while the JVM starts, so on a small input the pass costs no wall time of
+    its own: what Spark would add to it (a Python worker started per core, its imports, the
+    first job's planning) is more than the work. The tables are written by Spark either way.
     """
-    import pickle
-
     from medspark.inference.model import check_model
     from medspark.inference.predict import PredictSettings
-    from medspark.onepass import (
-        FRAME,
-        INGEST_ERROR,
-        PASS,
-        SCAN,
-        PassSettings,
-        limits,
-        pass_batches,
-    )
+    from medspark.onepass import PassSettings, compute_in_driver, limits
     from medspark.sources.dicom_source import plan_partitions
-    from medspark.tables.schemas import RESTRICTED_ACQUISITIONS
 
-    start = time.monotonic()
-    run_id = record.run_id
     model = config.inference.model_config(None)
     check_model(model, [config.preprocess.output_size] * 2)
-    scans_path = config.table_path("scans")
-    errors_path = config.table_path("ingest_errors")
-    had_errors = _is_table(spark, errors_path)
-    ensure_restricted_root(config)
     pseudonymizer = pseudonymizer_from_config(config.deid)
     inference = config.inference
     settings = PassSettings(
@@ -453,17 +443,84 @@ def run_all(
         batch_size=inference.batch_size,
         phi_map=pseudonymizer is not None and config.deid.phi_map,
     )
-    parallelism = spark.sparkContext.defaultParallelism
+    cores = _local_cores(master)
     bins = plan_partitions(
         list(sources),
-        config.ingest.min_partitions or 2 * parallelism,
+        config.ingest.min_partitions or 2 * (cores or 1),
         config.ingest.max_partition_bytes,
     )
-    blobs = [(pickle.dumps(b),) for b in bins]
+    size = sum(u.size for units, _ in bins for u in units)
+    small = size <= config.ingest.driver_pass_max_bytes
+    computed = compute_in_driver(bins, settings) if cores and small else None
+    return PassPlan(bins=bins, settings=settings, computed=computed)
+
+
+def _local_cores(master: str) -> int | None:
+    """The cores of a ``local`` master (``local[*]``: this machine's), else None."""
+    import os
+    import re
+
+    m = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\s*\d+)?\])?", master.strip())
+    if m is None:
+        return None
+    if m.group(1) is None:
+        return 1
+    if m.group(1) == "*":
+        return os.cpu_count() or 1
+    return int(m.group(1))
+
+
+def _executor_pass(spark: Any, plan: PassPlan) -> DataFrame:
+    """The pass on the executors: one task per planned bin (see :mod:`medspark.onepass`)."""
+    import pickle
+
+    from medspark.onepass import PASS, pass_batches
+
+    settings = plan.settings
+    blobs = [(pickle.dumps(b),) for b in plan.bins]
     units = spark.createDataFrame(spark.sparkContext.parallelize(blobs, len(blobs)), "units binary")
-    out = units.mapInArrow(lambda it: pass_batches(it, settings), PASS).persist(
-        StorageLevel.MEMORY_AND_DISK
-    )
+    return units.mapInArrow(lambda it: pass_batches(it, settings), PASS)
+
+
+def run_all(
+    spark: Any,
+    sources: Sequence[str],
+    config: PipelineConfig,
+    record: Any,
+    prepared: PassPlan | None = None,
+) -> tuple[IngestResult, PreprocessResult, InferResult]:
+    """Ingest, preprocess and infer in one executor pass per item, under one run id.
+
+    Every item is opened once (:mod:`medspark.onepass`): read, hashed, parsed, de-identified,
+    decoded, cleaned of burned-in text, run through the chain and the model in the same task.
+    The cached result is then split into ``scans``, ``ingest_errors``,
+    ``restricted_acquisitions`` (and ``scanner_utilization``), ``images``,
+    ``preprocess_errors``, ``predictions`` (and ``restricted_images``, ``restricted_phi_map``
+    when used), written concurrently; ``worker_metrics`` from the driver. The tables and their
+    keys are the same as after ``ingest``, ``preprocess`` and ``infer`` run one after another
+    (a test compares them). ``prepared`` is the plan :func:`prepare_pass` made beforehand (the
+    CLI makes it while Spark starts); without it, it is made here.
+    """
+    from medspark.onepass import FRAME, INGEST_ERROR, SCAN
+    from medspark.tables.schemas import RESTRICTED_ACQUISITIONS
+
+    start = time.monotonic()
+    run_id = record.run_id
+    model = config.inference.model_config(None)
+    scans_path = config.table_path("scans")
+    errors_path = config.table_path("ingest_errors")
+    had_errors = _is_table(spark, errors_path)
+    ensure_restricted_root(config)
+    plan = prepared or prepare_pass(sources, config, spark.sparkContext.master)
+    settings = plan.settings
+    if plan.computed is not None:  # a small local input, computed in this process
+        # Its figures come from the Arrow table itself; Spark only writes (a local relation
+        # is cheap to read again, so it is not cached either).
+        out = spark.createDataFrame(plan.computed)
+        parts = max(1, spark.sparkContext.defaultParallelism)
+    else:
+        out = _executor_pass(spark, plan).persist(StorageLevel.MEMORY_AND_DISK)
+        parts = len(plan.bins)
     tables = (
         "scans",
         "ingest_errors",
@@ -476,10 +533,10 @@ def run_all(
     try:
         # Missing tables are created while the executors compute (see create_tables).
         stats, fresh = concurrently(
-            lambda: _pass_stats(out),
+            lambda: _pass_stats(out) if plan.computed is None else _arrow_stats(plan.computed),
             lambda: create_tables(spark, {name: config.table_path(name) for name in tables}),
         )
-        metric_rows = [{**m.asDict(), "rows": m["batch_rows"]} for r in stats for m in r["metrics"]]
+        metric_rows = [{**m, "rows": m["batch_rows"]} for r in stats for m in r["metrics"]]
 
         def n(kind: str, **where: Any) -> int:
             return sum(
@@ -577,7 +634,7 @@ def run_all(
             if rows is not None:
                 per_file = _ROWS_PER_FILE.get(name, 100_000)
                 wanted = max(1, -(-rows // per_file))
-                if wanted < len(blobs):
+                if wanted < parts:
                     df = df.coalesce(wanted)
             return merge_into(spark, df, path, name, fresh=name in fresh)
 
@@ -638,7 +695,8 @@ def run_all(
             labels = _counts(predictions, "label")
             pixel_instances_n = kept.where(F.col("has_pixels")).count()
     finally:
-        out.unpersist()
+        if plan.computed is None:
+            out.unpersist()
     seconds = time.monotonic() - start
     n_images = n(FRAME, error_class=None) if exact else sum(labels.values())
     n_inserted = scan_counts.get("numTargetRowsInserted", n_scans if exact else 0)
@@ -711,7 +769,7 @@ def _pass_stats(out: DataFrame) -> list[Any]:
     from medspark.onepass import METRICS, PASS
 
     metric_columns = [f.name for f in PASS.fields if f.name in _METRIC_COLUMNS]
-    return (
+    rows = (
         out.groupBy("kind", "error_class", "burned_in_action", "has_pixels", "label")
         .agg(
             F.count("*").alias("n"),
@@ -722,6 +780,28 @@ def _pass_stats(out: DataFrame) -> list[Any]:
         )
         .collect()
     )
+    return [{**r.asDict(), "metrics": [m.asDict() for m in r["metrics"]]} for r in rows]
+
+
+def _arrow_stats(table: Any) -> list[dict[str, Any]]:
+    """:func:`_pass_stats` of a pass computed in the driver, from its Arrow table (no job)."""
+    from medspark.onepass import METRICS
+
+    keys = ("kind", "error_class", "burned_in_action", "has_pixels", "label")
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    sops: dict[tuple[Any, ...], set[str]] = {}
+    metric_columns = [name for name in table.column_names if name in _METRIC_COLUMNS]
+    for row in table.select([*keys, "sop_instance_uid", *metric_columns]).to_pylist():
+        key = tuple(row[k] for k in keys)
+        group = groups.setdefault(key, {**dict(zip(keys, key, strict=True)), "n": 0, "metrics": []})
+        group["n"] += 1
+        if row["sop_instance_uid"] is not None:
+            sops.setdefault(key, set()).add(row["sop_instance_uid"])
+        if row["kind"] == METRICS:
+            group["metrics"].append({c: row[c] for c in metric_columns})
+    for key, group in groups.items():
+        group["sops"] = len(sops.get(key, ()))
+    return list(groups.values())
 
 
 def _sum_by(stats: list[Any], column: str, **where: Any) -> dict[str, int]:

@@ -148,14 +148,21 @@ VOLATILE = {
 
 
 @pytest.mark.spark
-@pytest.mark.parametrize("phi_map", [True])
-def test_run_equals_ingest_preprocess_infer(spark, inputs, tmp_path, phi_map):
+@pytest.mark.parametrize("where", ["executors", "driver"])
+def test_run_equals_ingest_preprocess_infer(spark, inputs, tmp_path, where):
+    """The pass on the executors, or in the driver (a small local input): same tables."""
+    import dataclasses
+
     from medspark.metrics.runs import RunRecord
     from medspark.pipeline import infer, ingest, preprocess, run_all
 
-    deid = DeidConfig(phi_map=phi_map)
+    deid = DeidConfig(phi_map=True)
     steps = with_overrides(PipelineConfig(), warehouse=str(tmp_path / "steps"), deid=deid)
-    onepass = with_overrides(PipelineConfig(), warehouse=str(tmp_path / "pass"), deid=deid)
+    driver_bytes = 64 * 1024 * 1024 if where == "driver" else 0
+    ingest_config = dataclasses.replace(PipelineConfig().ingest, driver_pass_max_bytes=driver_bytes)
+    onepass = with_overrides(
+        PipelineConfig(), warehouse=str(tmp_path / "pass"), deid=deid, ingest=ingest_config
+    )
     ingest(spark, inputs, steps)
     preprocess(spark, steps)
     infer(spark, steps)
