@@ -131,6 +131,7 @@ def _row(header: dict, name: str = "x.dcm") -> dict:
         "archive_member": None,
         "size": 1,
         "sha256": "0" * 64,
+        "container": "plain",
     }
 
 
