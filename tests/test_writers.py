@@ -15,7 +15,10 @@ pytestmark = pytest.mark.spark
 def _errors(spark, rows: list[tuple[str, str | None, str]]):
     """``ingest_errors`` rows from (source_uri, archive_member, error_class)."""
     now = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    data = [(uri, member, 1, None, cls, f"{uri}: {cls}", "run", now) for uri, member, cls in rows]
+    data = [
+        (uri, member, 1, None, "plain", cls, f"{uri}: {cls}", "run", now)
+        for uri, member, cls in rows
+    ]
     return spark.createDataFrame(data, INGEST_ERRORS)
 
 
