@@ -110,8 +110,10 @@ def test_two_concurrent_ingests_into_a_new_warehouse_both_land(spark, tmp_path, 
     assert not failures, failures
     scans = spark.read.format("delta").load(config.table_path("scans"))
     errors = spark.read.format("delta").load(config.table_path("ingest_errors"))
+    from urllib.parse import unquote
+
     got = {
-        r.source_uri.rsplit("/", 2)[-2] + "/" + r.source_uri.rsplit("/", 1)[-1]
+        unquote("/".join(r.source_uri.rsplit("/", 2)[-2:]))
         for r in scans.select("source_uri").union(errors.select("source_uri")).collect()
     }
     assert got == {f"{f.name}/{n}" for i, f in enumerate(inputs) for n in names[i::2]}
