@@ -159,7 +159,10 @@ def spark_jobs(src: Path, workdir: Path) -> list[str]:
     from medspark.pipeline import new_run_id, run_all
     from medspark.session import build_session
 
-    config = with_overrides(load_config(None), warehouse=str(workdir / "jobs_wh"))
+    warehouse = workdir / "jobs_wh"
+    shutil.rmtree(warehouse, ignore_errors=True)  # a first load, as the timed runs
+    shutil.rmtree(workdir / "jobs_wh_restricted", ignore_errors=True)
+    config = with_overrides(load_config(None), warehouse=str(warehouse))
     spark = build_session(config.spark)
     try:
         with recorded_run(spark, config, "run", new_run_id()) as record:
