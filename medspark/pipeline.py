@@ -37,6 +37,7 @@ from medspark.steps import (
     DUPLICATE_COPY,
     DUPLICATE_SOP,
     frame_ranges,
+    model_columns,
     phi_rows,
     pixel_instances,
     predict_frames,
@@ -46,6 +47,7 @@ from medspark.steps import (
     resolve_duplicates,
     split_frames,
     split_instances,
+    split_withheld,
 )
 from medspark.tables.schemas import SOURCE_FIELDS
 from medspark.tables.writers import (
@@ -237,16 +239,7 @@ def preprocess(spark: Any, config: PipelineConfig, run_id: str | None = None) ->
             "run_id": F.lit(run_id),
             "processed_at": F.current_timestamp(),
         }
-        withheld = F.col("burned_in_action") == BURNED_IN_WITHHELD
-        # Withheld frames keep their row in images (every frame is accounted for there), but
-        # their pixels (tensor and thumbnail) go to restricted_images only.
-        stamped_images = images.withColumns(
-            {
-                "tensor": F.when(withheld, F.lit(None)).otherwise(F.col("tensor")),
-                "thumbnail_png": F.when(withheld, F.lit(None)).otherwise(F.col("thumbnail_png")),
-                **stamp,
-            }
-        )
+        stamped_images, restricted = split_withheld(images, stamp)
         stamped_errors = errors.withColumns(
             {"run_id": F.lit(run_id), "recorded_at": F.current_timestamp()}
         )
@@ -274,7 +267,6 @@ def preprocess(spark: Any, config: PipelineConfig, run_id: str | None = None) ->
         ]
         if n_withheld:
             ensure_restricted_root(config)
-            restricted = images.where(withheld).withColumns(stamp)
             path = config.table_path("restricted_images")
             steps.append(lambda: merge_into(spark, restricted, path, "restricted_images"))
         metrics, *_ = concurrently(*steps)
@@ -576,23 +568,14 @@ def run_all(
             "run_id": F.lit(run_id),
             "processed_at": F.current_timestamp(),
         }
-        withheld = F.col("burned_in_action") == BURNED_IN_WITHHELD
-        analyst_images = images.withColumns(
-            {
-                "tensor": F.when(withheld, F.lit(None)).otherwise(F.col("tensor")),
-                "thumbnail_png": F.when(withheld, F.lit(None)).otherwise(F.col("thumbnail_png")),
-                **stamp_images,
-            }
-        )
+        analyst_images, restricted = split_withheld(images, stamp_images)
         predictions = images.where(F.col("label").isNotNull()).select(
             "sop_instance_uid",
             "frame",
-            F.lit(model.name).alias("model"),
-            F.lit(model.version).alias("model_version"),
+            *model_columns(model),
             "label",
             "score",
             "probabilities",
-            F.array(*[F.lit(c) for c in model.class_names]).alias("class_names"),
             F.lit(run_id).alias("run_id"),
             F.current_timestamp().alias("predicted_at"),
         )
@@ -666,7 +649,6 @@ def run_all(
         if first_acquisitions:
             steps.append(write_utilization_from_this_run)
         if n(FRAME, error_class=None, burned_in_action=BURNED_IN_WITHHELD):
-            restricted = images.where(withheld).withColumns(stamp_images)
             steps.append(
                 lambda: merge_into(
                     spark, restricted, config.table_path("restricted_images"), "restricted_images"

@@ -281,12 +281,10 @@ def predict_frames(
     return images.select("sop_instance_uid", "frame", udf(F.col("tensor")).alias("_p")).select(
         "sop_instance_uid",
         "frame",
-        F.lit(model.name).alias("model"),
-        F.lit(model.version).alias("model_version"),
+        *model_columns(model),
         "_p.label",
         "_p.score",
         "_p.probabilities",
-        F.array(*[F.lit(c) for c in model.class_names]).alias("class_names"),
         # Batch metrics for worker_metrics (not columns of the predictions table).
         "_p.partition",
         "_p.batch",
@@ -308,3 +306,34 @@ def phi_rows(kept: DataFrame) -> DataFrame:
         .where(F.col("original").isNotNull() & F.col("pseudonym").isNotNull())
         .distinct()
     )
+
+
+def split_withheld(images: DataFrame, stamp: dict[str, Any]) -> tuple[DataFrame, DataFrame]:
+    """``images`` rows for the analyst table, and the rows of ``restricted_images``.
+
+    A frame withheld for burned-in text (``burned_in_action`` ``withheld``) keeps its row in
+    ``images`` (every frame is accounted for there) without ``tensor`` and ``thumbnail_png``;
+    its pixels go to ``restricted_images`` only. ``stamp`` (config hash, run id, time) is added
+    to both.
+    """
+    from medspark.preprocess.udf import BURNED_IN_WITHHELD
+
+    withheld = F.col("burned_in_action") == BURNED_IN_WITHHELD
+    analyst = images.withColumns(
+        {
+            "tensor": F.when(withheld, F.lit(None)).otherwise(F.col("tensor")),
+            "thumbnail_png": F.when(withheld, F.lit(None)).otherwise(F.col("thumbnail_png")),
+            **stamp,
+        }
+    )
+    return analyst, images.where(withheld).withColumns(stamp)
+
+
+def model_columns(model: Any) -> list[Any]:
+    """The ``predictions`` columns that name the model: name, version (key columns) and the
+    class names in probability order."""
+    return [
+        F.lit(model.name).alias("model"),
+        F.lit(model.version).alias("model_version"),
+        F.array(*[F.lit(c) for c in model.class_names]).alias("class_names"),
+    ]
