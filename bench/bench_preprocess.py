@@ -122,13 +122,9 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 def default_settings(config: PipelineConfig) -> PreprocessSettings:
     """Exactly as :func:`medspark.pipeline.preprocess_frames` builds them."""
-    pre = config.preprocess
-    return PreprocessSettings(
-        chain=pre.chain(),
-        window=pre.window_value(),
-        thumbnail_size=pre.thumbnail_size,
-        frames_per_batch=pre.frames_per_batch,
-    )
+    from medspark.steps import preprocess_settings
+
+    return preprocess_settings(config)
 
 
 # --------------------------------------------------------------------------------------

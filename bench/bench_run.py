@@ -61,18 +61,12 @@ def _plain_init() -> None:
 
     from medspark.config import PipelineConfig
     from medspark.inference.model import load_model
-    from medspark.preprocess.udf import PreprocessSettings
+    from medspark.steps import preprocess_settings
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     config = PipelineConfig()
-    pre = config.preprocess
-    _STATE["settings"] = PreprocessSettings(
-        chain=pre.chain(),
-        window=pre.window_value(),
-        thumbnail_size=pre.thumbnail_size,
-        frames_per_batch=pre.frames_per_batch,
-    )
+    _STATE["settings"] = preprocess_settings(config)
     model_cfg = config.inference.model_config(None)
     _STATE["cfg"] = model_cfg
     _STATE["model"] = load_model(model_cfg, "cpu")

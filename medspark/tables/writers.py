@@ -106,13 +106,9 @@ def merge_into(
     fresh table becomes a MERGE once another writer has filled it: the result is the same as
     if the two writers had run one after the other.
     """
-    attempt = {"fresh": fresh}
-
-    def once() -> dict[str, int]:
-        first, attempt["fresh"] = attempt["fresh"], False
-        return _merge_into_once(spark, df, path, table, metrics, first)
-
-    return with_retries(once, table)
+    return _retried_fresh_first(
+        lambda first: _merge_into_once(spark, df, path, table, metrics, first), fresh, table
+    )
 
 
 def _merge_into_once(
@@ -170,13 +166,16 @@ def _merge_into_once(
 
 def replace_table(spark: Any, df: DataFrame, path: str, table: str, fresh: bool = False) -> None:
     """:func:`_replace_table_once`, retried when it loses a commit race."""
-    attempt = {"fresh": fresh}
+    _retried_fresh_first(
+        lambda first: _replace_table_once(spark, df, path, table, first), fresh, table
+    )
 
-    def once() -> None:
-        first, attempt["fresh"] = attempt["fresh"], False
-        _replace_table_once(spark, df, path, table, first)
 
-    with_retries(once, table)
+def _retried_fresh_first(write: Callable[[bool], T], fresh: bool, table: str) -> T:
+    """``write(fresh)`` with :func:`with_retries`, ``fresh`` on the first attempt only: after a
+    lost race another writer may have filled the table, so a retry asks Delta again."""
+    attempts = iter([fresh])
+    return with_retries(lambda: write(next(attempts, False)), table)
 
 
 def _replace_table_once(
