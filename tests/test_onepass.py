@@ -37,7 +37,7 @@ NAMES = (
     "examples_rgb_color.dcm",  # ultrasound without regions: withheld
     "rtdose.dcm",  # 15 frames
     "rtplan.dcm",  # no pixels
-    "JPEG-lossy.dcm",  # a frame pydicom cannot decode
+    "MR_truncated.dcm",  # a frame whose pixel bytes are cut short
     "SC_rgb_rle_2frame.dcm",  # secondary capture, 2 frames
 )
 

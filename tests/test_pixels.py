@@ -399,7 +399,8 @@ def test_truncated_single_frame_is_a_frame_error():
     assert out[0].pixels is None
     assert "insufficient pixel data" in out[0].error
     assert out[0].window == (600.0, 1600.0)  # metadata still reported
-    assert list(modality_frames(tf("MR_truncated.dcm"))) == []
+    with pytest.raises(DicomPixelError, match="frame 0 cannot be decoded: .*insufficient"):
+        list(modality_frames(tf("MR_truncated.dcm")))  # never an empty stream in silence
 
 
 def test_truncated_multiframe_keeps_intact_frames():
@@ -423,14 +424,30 @@ def test_one_corrupt_compressed_frame_does_not_lose_the_other():
     f0, f1 = frames(to_bytes(ds))
     assert f0.error is None and np.array_equal(f0.pixels, good)
     assert f1.pixels is None and "RLE" in f1.error
-    assert len(list(modality_frames(to_bytes(ds)))) == 1
+    stream = modality_frames(to_bytes(ds))
+    assert np.array_equal(next(stream), good)
+    with pytest.raises(DicomPixelError, match="frame 1 cannot be decoded"):
+        next(stream)
 
 
-def test_undecodable_jpeg_never_raises():
-    # JPEG-lossy.dcm is a 12-bit extended JPEG that pylibjpeg rejects; GDCM could decode
-    # it. Either way iteration must not raise, and pixels/error are exclusive.
+def test_jpeg_extended_12_bit_decodes_as_gdcm_reads_it():
+    # JPEG-lossy.dcm: JPEG Extended, Bits Stored 12, which pydicom's own plugins refuse.
+    # medspark's GDCM plugin decodes the frame; the reference is GDCM's whole-file reader,
+    # which parses the file itself (no pydicom involved).
+    import gdcm
+
     (f,) = frames(tf("JPEG-lossy.dcm"))
-    assert (f.pixels is None) != (f.error is None)
+    assert f.error is None and f.pixels.shape == (1024, 256)
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(tf("JPEG-lossy.dcm")))
+    assert reader.Read()
+    ref = np.frombuffer(
+        reader.GetImage().GetBuffer().encode("utf-8", "surrogateescape"), dtype="<u2"
+    ).reshape(1024, 256)
+    assert np.array_equal(f.pixels, ref.astype(np.float32))
+    assert ref.max() > 255  # really 12-bit samples, not an 8-bit image
+    (only,) = list(modality_frames(tf("JPEG-lossy.dcm")))
+    assert np.array_equal(only, f.pixels)
 
 
 @pytest.mark.parametrize(

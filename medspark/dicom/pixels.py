@@ -264,6 +264,9 @@ def _open(
     from pydicom.pixels import get_decoder
     from pydicom.pixels.utils import as_pixel_options, get_expected_length
 
+    from medspark.dicom import gdcm_jpeg12
+
+    gdcm_jpeg12.register()  # 12-bit JPEG Extended, which pydicom's own plugins cannot decode
     ds = _read_dataset(source)
     if max_frame_samples is not None:
         from medspark.dicom.header import check_frame_size
@@ -640,19 +643,19 @@ def iter_frames(
 
 
 def modality_frames(source: bytes | str | os.PathLike) -> Iterator[np.ndarray]:
-    """Yield the float32 modality-unit arrays of the frames that decoded.
+    """Yield the float32 modality-unit array of every frame, in frame order.
 
-    Frames that failed are skipped (with a warning in the log), so positions in this stream
-    need not equal frame numbers; use :func:`iter_frames` when that matters. Raises
-    :class:`DicomPixelError` at call time for whole-file failures.
+    A frame that cannot be decoded raises :class:`DicomPixelError` naming its index and the
+    reason when the iteration reaches it: a stream of frames must never be shorter than Number
+    of Frames (0028,0008) without saying so. Use :func:`iter_frames` to keep the frames that
+    decoded and get the others as error values. Whole-file failures raise at call time.
     """
     frames = iter_frames(source)
 
     def generate() -> Iterator[np.ndarray]:
         for frame in frames:
             if frame.pixels is None:
-                LOG.warning("skipping frame %d: %s", frame.index, frame.error)
-                continue
+                raise DicomPixelError(f"frame {frame.index} cannot be decoded: {frame.error}")
             yield frame.pixels
 
     return generate()
