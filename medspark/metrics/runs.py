@@ -2,10 +2,12 @@
 
 Both are written from the driver with delta-rs (:mod:`medspark.tables.small`): no Spark job.
 
-:func:`recorded_run` wraps a step: its Spark jobs are tagged with the run id, and when the step
-ends, successfully or not, one ``job_runs`` row and the run's ``stage_metrics`` rows are written.
-A failure to write these bookkeeping rows is reported on stderr and never hides the step's own
-outcome.
+:func:`recorded_run` wraps a step: its ``job_runs`` row is written as ``running`` when the step
+starts (so a run killed with ``kill -9`` stays visible), its Spark jobs are tagged with the run
+id, and when the step ends, successfully or not, the row gets the outcome and the run's
+``stage_metrics`` rows are written. A run whose driver died while ``running`` is marked
+``abandoned`` by the next run on the same host (:func:`mark_abandoned`). A failure to write
+these bookkeeping rows is reported on stderr and never hides the step's own outcome.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -67,6 +71,10 @@ def recorded_run(spark: Any, config: PipelineConfig, job: str, run_id: str) -> I
     record = RunRecord(run_id=run_id, job=job)
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
+    try:
+        _start(spark, config, record, started)
+    except Exception as exc:  # noqa: BLE001 - bookkeeping must not stop the step
+        print(f"medspark: could not record the start of run {run_id}: {exc}", file=sys.stderr)
     error: BaseException | None = None
     try:
         with job_group(spark, run_id, f"medspark {job} {run_id}"):
@@ -82,6 +90,90 @@ def recorded_run(spark: Any, config: PipelineConfig, job: str, run_id: str) -> I
             print(f"medspark: could not record run {run_id}: {exc}", file=sys.stderr)
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def mark_abandoned(path: str, host: str | None = None) -> list[str]:
+    """Mark ``abandoned`` the ``running`` rows of this host whose driver process is gone.
+
+    A driver killed with ``kill -9`` (or by the OOM killer, or a lost machine) never writes its
+    outcome; its row would say ``running`` forever. Only rows of this host can be checked (a
+    process id means nothing elsewhere); a pid reused by a new process keeps the row
+    ``running`` until that process ends too. Returns the run ids marked.
+    """
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+
+    if not DeltaTable.is_deltatable(path):
+        return []
+    host = host or socket.gethostname()
+    table = DeltaTable(path)
+    rows = table.to_pyarrow_table(columns=["run_id", "status", "driver_host", "driver_pid"])
+    running = rows.filter(
+        pc.and_(pc.equal(rows["status"], "running"), pc.equal(rows["driver_host"], host))
+    ).to_pylist()
+    dead = [
+        r for r in running if r["driver_pid"] is not None and not _process_alive(r["driver_pid"])
+    ]
+    for r in dead:
+        run_id = r["run_id"].replace("'", "''")
+        table.update(
+            predicate=f"run_id = '{run_id}' AND status = 'running'",
+            new_values={
+                "status": "abandoned",
+                "error": f"driver process {r['driver_pid']} on {host} ended without recording "
+                "an outcome (killed?); rows it committed stay, a re-run completes the rest",
+            },
+        )
+    return [r["run_id"] for r in dead]
+
+
+def _row(
+    spark: Any, config: PipelineConfig, record: RunRecord, started: datetime
+) -> dict[str, Any]:
+    """The ``job_runs`` row of a run that has started: status ``running``, no outcome yet."""
+    sc = spark.sparkContext
+    return {
+        "run_id": record.run_id,
+        "job": record.job,
+        "status": "running",
+        "config_hash": config_hash(config),
+        "deid_enabled": config.deid.enabled,
+        "deid_table_edition": _deid_edition() if config.deid.enabled else None,
+        "medspark_version": _version("medspark"),
+        "spark_version": spark.version,
+        "delta_version": _version("delta-spark"),
+        "master": sc.master,
+        "default_parallelism": sc.defaultParallelism,
+        "started_at": started,
+        "driver_host": socket.gethostname(),
+        "driver_pid": os.getpid(),
+    }
+
+
+def _start(spark: Any, config: PipelineConfig, record: RunRecord, started: datetime) -> None:
+    from medspark.tables.small import append_rows, ensure_schema
+
+    path = config.table_path("job_runs")
+    if ensure_schema(path, "job_runs"):
+        print(
+            f"medspark: {path}: job_runs upgraded to this release's schema (rows kept)",
+            file=sys.stderr,
+        )
+    for run_id in mark_abandoned(path):
+        print(
+            f"medspark: run {run_id} was killed before it ended: marked abandoned", file=sys.stderr
+        )
+    append_rows(path, "job_runs", [_row(spark, config, record, started)])
+
+
 def _write(
     spark: Any,
     config: PipelineConfig,
@@ -91,24 +183,13 @@ def _write(
     error: BaseException | None,
 ) -> None:
     from medspark.metrics.spark_stages import stage_metrics_rows
-    from medspark.tables.small import append_rows
+    from medspark.tables.small import append_rows, upsert_row
 
-    sc = spark.sparkContext
     row = {
-        "run_id": record.run_id,
-        "job": record.job,
+        **_row(spark, config, record, started),
         "status": "failed" if error else "succeeded",
         "error": None if error is None else f"{type(error).__name__}: {error}"[:4000],
-        "config_hash": config_hash(config),
-        "deid_enabled": config.deid.enabled,
-        "deid_table_edition": _deid_edition() if config.deid.enabled else None,
-        "medspark_version": _version("medspark"),
-        "spark_version": spark.version,
-        "delta_version": _version("delta-spark"),
         "torch_version": _version("torch") if record.uses_torch else None,
-        "master": sc.master,
-        "default_parallelism": sc.defaultParallelism,
-        "started_at": started,
         "ended_at": datetime.now(timezone.utc),
         "seconds": seconds,
         "items_in": record.items_in,
@@ -116,7 +197,7 @@ def _write(
         "errors": record.errors,
         "images_per_second": (record.frames / seconds) if record.frames and seconds else None,
     }
-    append_rows(config.table_path("job_runs"), "job_runs", [row])
+    upsert_row(config.table_path("job_runs"), "job_runs", row)
     stages = stage_metrics_rows(spark, record.run_id)
     # Written even when empty (Spark UI off), so readers find the table.
     append_rows(config.table_path("stage_metrics"), "stage_metrics", stages)

@@ -334,7 +334,12 @@ JOB_RUNS = StructType(
     [
         _f("run_id", StringType(), False, "unique id of the run (UTC start time + random)"),
         _f("job", StringType(), False, "ingest, ingest_stream, preprocess, infer, evaluate or run"),
-        _f("status", StringType(), False, "succeeded or failed"),
+        _f(
+            "status",
+            StringType(),
+            False,
+            "running, succeeded or failed; abandoned: it was running when its driver died",
+        ),
         _f("error", StringType(), True, "why the run failed (null when it succeeded)"),
         _f("config_hash", StringType(), True, "sha256 of the resolved pipeline config"),
         _f(
@@ -353,12 +358,14 @@ JOB_RUNS = StructType(
         _f("master", StringType(), True, "Spark master URL"),
         _f("default_parallelism", IntegerType(), True, "cores Spark schedules on"),
         _f("started_at", TimestampType(), False),
-        _f("ended_at", TimestampType(), False),
-        _f("seconds", DoubleType(), False, "wall time of the run"),
+        _f("ended_at", TimestampType(), True, "null while running or when abandoned"),
+        _f("seconds", DoubleType(), True, "wall time of the run; null as ended_at"),
         _f("items_in", LongType(), True, "input items (ingest) or rows read"),
         _f("rows_out", StringType(), True, "JSON: rows written per table"),
         _f("errors", LongType(), True, "error rows written"),
         _f("images_per_second", DoubleType(), True, "frames processed per wall second"),
+        _f("driver_host", StringType(), True, "host name of the driver process"),
+        _f("driver_pid", IntegerType(), True, "process id of the driver (to tell a dead run)"),
     ]
 )
 

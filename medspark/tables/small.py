@@ -7,8 +7,10 @@ they cost milliseconds. Each of these tables is written by delta-rs only, and st
 by Spark, delta-rs and DuckDB: the schema is the declared one (:mod:`medspark.tables.schemas`),
 converted to Arrow as Spark converts it (timestamps in UTC).
 
-Runs have unique ids, so an append is all a run needs; delta-rs retries a commit that loses a
-race with another writer's append (appends never conflict), so concurrent runs both land.
+Runs have unique ids, so an append is all most rows need; delta-rs retries a commit that loses
+a race with another writer's append (appends never conflict), so concurrent runs both land.
+``job_runs`` rows are written twice (``running`` at start, the outcome at the end):
+:func:`upsert_row` replaces the row by its key and retries a commit that lost a race.
 """
 
 from __future__ import annotations
@@ -27,17 +29,72 @@ def arrow_schema(table: str) -> Any:
     return to_arrow_schema(schema, timezone="UTC")
 
 
+def _as_arrow(table: str, rows: Sequence[dict[str, Any]]) -> Any:
+    import pyarrow as pa
+
+    schema = arrow_schema(table)
+    return pa.Table.from_pylist(
+        [{name: row.get(name) for name in schema.names} for row in rows], schema=schema
+    )
+
+
+def ensure_schema(path: str, table: str) -> bool:
+    """Bring a table written by an earlier release to the declared schema; True if it did.
+
+    Columns added since, or made nullable since (``job_runs.ended_at`` became nullable when
+    runs started to be recorded as ``running``), cannot be appended to as they are: the table
+    is rewritten once with the declared schema, every row kept (a new table version; the old
+    one stays readable by time travel). These tables hold a few rows per run.
+    """
+    from deltalake import DeltaTable, write_deltalake
+
+    if not DeltaTable.is_deltatable(path):
+        return False
+    declared = arrow_schema(table)
+    current = DeltaTable(path).schema().to_arrow()
+    fields = {f.name: f for f in current}
+    if all(f.name in fields and (fields[f.name].nullable or not f.nullable) for f in declared):
+        return False
+    rows = DeltaTable(path).to_pyarrow_table().to_pylist()
+    write_deltalake(path, _as_arrow(table, rows), mode="overwrite", schema_mode="overwrite")
+    return True
+
+
+def upsert_row(path: str, table: str, row: dict[str, Any], attempts: int = 6) -> None:
+    """Insert ``row``, or replace the row with its key (the table's declared key columns).
+
+    A MERGE that loses a commit race with another run's write is retried (bounded, with
+    backoff): runs have distinct keys, so the retry never undoes anyone's row.
+    """
+    import time
+
+    from deltalake import DeltaTable
+    from deltalake.exceptions import CommitFailedError
+
+    _, keys = TABLES[table]
+    predicate = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+    for attempt in range(attempts):
+        try:
+            (
+                DeltaTable(path)
+                .merge(_as_arrow(table, [row]), predicate, source_alias="s", target_alias="t")
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute()
+            )
+            return
+        except CommitFailedError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
+
+
 def append_rows(path: str, table: str, rows: Sequence[dict[str, Any]]) -> None:
     """Append ``rows`` (dicts by column name; missing columns null) to the table at ``path``.
 
     Creates the table with its declared schema if it does not exist, even for no rows, so a
     reader finds every bookkeeping table after the first run.
     """
-    import pyarrow as pa
     from deltalake import write_deltalake
 
-    schema = arrow_schema(table)
-    data = pa.Table.from_pylist(
-        [{name: row.get(name) for name in schema.names} for row in rows], schema=schema
-    )
-    write_deltalake(path, data, mode="append")
+    write_deltalake(path, _as_arrow(table, rows), mode="append")
