@@ -335,6 +335,7 @@ def infer(
             config.table_path("predictions"),
             "predictions",
             metrics=True,
+            only_changed=True,  # re-running a model version on the same images commits nothing
         )
     finally:
         predictions.unpersist()
@@ -619,7 +620,10 @@ def run_all(
                 wanted = max(1, -(-rows // per_file))
                 if wanted < parts:
                     df = df.coalesce(wanted)
-            return merge_into(spark, df, path, name, fresh=name in fresh)
+            # A re-run's predictions equal the stored ones (deterministic CPU inference):
+            # those commit nothing.
+            only_changed = name == "predictions"
+            return merge_into(spark, df, path, name, fresh=name in fresh, only_changed=only_changed)
 
         known = (lambda count: count) if exact else (lambda count: None)
         n_frame_errors = sum(int(r["n"]) for r in stats if r["kind"] == FRAME and r["error_class"])

@@ -12,7 +12,7 @@ import torch
 from medspark.config import ModelConfig, PipelineConfig, with_overrides
 from medspark.errors import ConfigError
 from medspark.inference.model import DEFAULT_MODEL_CARD, check_model, load_model, small_cnn
-from medspark.inference.predict import decode_batch
+from medspark.inference.predict import decode_batch, forward_fixed_shape
 from medspark.pipeline import evaluate, infer, predict_frames
 
 
@@ -60,6 +60,19 @@ def test_spark_predictions_equal_direct_forward_pass(spark, n, partitions):
         assert r.score == pytest.approx(float(expected[i].max()), rel=1e-5)
         assert sum(r.probabilities) == pytest.approx(1.0, abs=1e-5)
         assert (r.model, r.model_version) == ("medspark-nodule-demo", "1")
+
+
+def test_cpu_forward_does_not_depend_on_the_batch_a_row_is_in():
+    model = load_model(ModelConfig())
+    torch.manual_seed(0)
+    x = torch.randn(40, 1, 224, 224)
+    with torch.inference_mode():
+        whole = forward_fixed_shape(model, x)
+        for size in (1, 3, 7, 16, 17):
+            parts = torch.cat([forward_fixed_shape(model, p) for p in x.split(size)])
+            assert torch.equal(parts, whole), size  # bit-identical, not merely close
+        # and the same numbers as an unchunked pass, up to float rounding
+        torch.testing.assert_close(whole, model(x), rtol=1e-4, atol=1e-4)
 
 
 def test_decode_batch_converts_channels():
@@ -123,10 +136,19 @@ def test_infer_is_idempotent_and_evaluate_writes_metrics(spark, tmp_path, pseudo
     rows = [(pseudo.uid(u), 0, t) for u, t in zip(originals, tensors, strict=True)]
     images = spark.createDataFrame(rows, "sop_instance_uid string, frame int, tensor binary")
     images.write.format("delta").save(config.table_path("images"))
+    from delta.tables import DeltaTable
+
     first = infer(spark, config)
+    table = DeltaTable.forPath(spark, config.table_path("predictions"))
+    version = table.history(1).collect()[0].version
+    stored = {r.sop_instance_uid: r.probabilities for r in table.toDF().collect()}
     second = infer(spark, config)
-    assert first.frames == 6 and first.inserted == 6 and second.inserted == 0
-    assert spark.read.format("delta").load(config.table_path("predictions")).count() == 6
+    # Batches cut differently (5 rows, not 4): same scores, so nothing to commit.
+    third = infer(spark, _config(tmp_path, batch_size=5))
+    assert first.frames == 6 and first.inserted == 6 and second.inserted == third.inserted == 0
+    assert table.history(1).collect()[0].version == version  # no new table version
+    again = {r.sop_instance_uid: r.probabilities for r in table.toDF().collect()}
+    assert again == stored
 
     expected = _direct(tensors).argmax(1)
     truth = ["nodule" if e else "no_nodule" for e in expected]

@@ -105,6 +105,12 @@ _RUN_FIELDS: list[StructField] = [
     _f("run_id", StringType(), False, "the job run that last wrote this row (job_runs.run_id)"),
 ]
 
+#: Columns that say which run wrote a row and when, not what the row says: a re-run whose rows
+#: differ only in these changes nothing (``writers.merge_into(only_changed=True)``).
+BOOKKEEPING_COLUMNS = frozenset(
+    {"run_id", "ingested_at", "recorded_at", "processed_at", "predicted_at", "evaluated_at"}
+)
+
 #: ``scans``: one row per DICOM instance, key ``sop_instance_uid``.
 SCANS = StructType(
     HEADER_FIELDS

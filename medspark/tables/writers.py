@@ -21,7 +21,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from medspark.errors import ConfigError
-from medspark.tables.schemas import TABLES
+from medspark.tables.schemas import BOOKKEEPING_COLUMNS, TABLES
 
 if TYPE_CHECKING:
     from medspark.config import PipelineConfig
@@ -99,6 +99,7 @@ def merge_into(
     table: str,
     metrics: bool = False,
     fresh: bool = False,
+    only_changed: bool = False,
 ) -> dict[str, int]:
     """:func:`_merge_into_once`, retried when it loses a commit race (:func:`with_retries`).
 
@@ -107,7 +108,9 @@ def merge_into(
     if the two writers had run one after the other.
     """
     return _retried_fresh_first(
-        lambda first: _merge_into_once(spark, df, path, table, metrics, first), fresh, table
+        lambda first: _merge_into_once(spark, df, path, table, metrics, first, only_changed),
+        fresh,
+        table,
     )
 
 
@@ -118,6 +121,7 @@ def _merge_into_once(
     table: str,
     metrics: bool = False,
     fresh: bool = False,
+    only_changed: bool = False,
 ) -> dict[str, int]:
     """MERGE ``df`` into the Delta table at ``path`` on the table's key; returns Delta's metrics.
 
@@ -135,6 +139,13 @@ def _merge_into_once(
     table has files costs more than the MERGE saves, so an existing empty table still gets a
     MERGE.) ``fresh`` says the caller created the table empty in this run
     (:func:`create_tables`): append at once, without asking Delta.
+
+    ``only_changed`` merges only the rows of ``df`` that differ from the table's in some column
+    other than :data:`~medspark.tables.schemas.BOOKKEEPING_COLUMNS`, and commits nothing when
+    none does: a re-run on the same input then leaves the table at its version (Delta's MERGE
+    commits, and rewrites every file a match touches, even when an update condition keeps all
+    rows as they were). The comparison is one anti-join against the table; ``df`` should be
+    persisted by the caller, as it is read twice.
     """
     from delta.tables import DeltaTable
 
@@ -149,6 +160,10 @@ def _merge_into_once(
             return {}
         history = _last_commit_metrics(DeltaTable.forPath(spark, path))
         return {"numTargetRowsInserted": history.get("numOutputRows", 0), **history}
+    if only_changed:
+        source = _changed_rows(spark, source, path, table)
+        if source.isEmpty():
+            return {name: 0 for name in _MERGE_RESULT}
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     result = (
         DeltaTable.forPath(spark, path)
@@ -241,6 +256,15 @@ _MERGE_RESULT = {
     "numTargetRowsUpdated": "num_updated_rows",
     "numTargetRowsDeleted": "num_deleted_rows",
 }
+
+
+def _changed_rows(spark: Any, source: DataFrame, path: str, table: str) -> DataFrame:
+    """Rows of ``source`` with no identical row (bookkeeping columns aside) in the table."""
+    schema, _ = TABLES[table]
+    compare = [n for n in schema.fieldNames() if n not in BOOKKEEPING_COLUMNS]
+    current = spark.read.format("delta").load(path).select(*compare)
+    same = [source[n].eqNullSafe(current[n]) for n in compare]
+    return source.join(current, same, "left_anti")
 
 
 def _merge_counts(result: DataFrame) -> dict[str, int]:
