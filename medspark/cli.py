@@ -3,6 +3,10 @@
 Exit codes: 0 when the job ran (bad inputs are error rows, not failures), 2 for bad
 configuration or arguments, 3 when the environment is missing something (Java, jars),
 1 for anything else.
+
+Whatever goes wrong reaches the console as one line starting ``medspark:``; a failure that is
+not medspark's own (Spark, Delta, the file system) also writes its full trace to a log file,
+whose path the line gives (``--verbose`` prints the trace as well).
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ def _common(parser: argparse.ArgumentParser, *, warehouse_required: bool = True)
         default=[],
         metavar="KEY=VALUE",
         help="extra Spark property; repeatable",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="print the full trace of a failure, not one line"
     )
 
 
@@ -143,6 +150,29 @@ def check_invocation(args: argparse.Namespace, config: Any) -> None:
     for source in getattr(args, "sources", None) or []:
         if "://" not in source and not os.path.lexists(source):
             raise ConfigError("sources", source, "an existing file or directory (not found)")
+    check_master_reachable(master or config.spark.master)
+
+
+def check_master_reachable(master: str, timeout_s: float = 3.0) -> None:
+    """A ``spark://`` master must answer on its port before the JVM starts: otherwise Spark
+    retries for a minute and fails with pages of Java traces. (Other masters: Spark's own.)"""
+    import socket
+
+    if not master.startswith("spark://"):
+        return
+    hosts = master[len("spark://") :].split(",")
+    problems = []
+    for host_port in hosts:
+        host, _, port = host_port.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout_s):
+                return  # one master that answers is enough (standby masters)
+        except OSError as exc:
+            problems.append(f"{host_port}: {exc.strerror or exc}")
+    raise MedsparkError(
+        f"could not connect to the Spark master {master} ({'; '.join(problems)}): is it "
+        "running, and reachable from this machine? (--master local[N] runs without one)"
+    )
 
 
 def _session(args: argparse.Namespace, config: Any) -> Any:
@@ -359,6 +389,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     except MedsparkError as exc:
         print(f"medspark: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - Spark, Delta, the file system: one line + a log
+        from medspark.failures import describe, write_trace
+
+        log = write_trace(exc)
+        if getattr(args, "verbose", False):
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
+        print(f"medspark: {describe(exc)} (full trace: {log})", file=sys.stderr)
         return 1
 
 

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,62 @@ def test_medspark_ingest_stream_takes_each_file_once(tmp_path, test_files):
     stages = DeltaTable(str(wh / "stage_metrics")).to_pandas()
     per_run = stages.groupby("run_id").size()
     assert set(per_run.index) == set(runs["run_id"]) and (per_run >= 10).all(), per_run
+
+
+def test_unreachable_spark_master_is_one_line_before_spark(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    master = f"spark://127.0.0.1:{port}"
+    code = main(["ingest", str(tmp_path), "--warehouse", str(tmp_path / "wh"), "--master", master])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("medspark: could not connect to the Spark")
+    assert master in err and not (tmp_path / "wh").exists()
+
+
+@pytest.mark.spark
+def test_a_damaged_table_is_one_line_naming_it_and_how_to_restore(spark, tmp_path, test_files):
+    """A deleted data file, a corrupt _delta_log entry: the table, RESTORE, and a log file."""
+    from medspark.config import PipelineConfig, with_overrides
+    from medspark.pipeline import ingest
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copyfile(test_files / "CT_small.dcm", src / "ct.dcm")
+    damaged = {}
+    for kind in ("data_file", "log_entry"):
+        wh = tmp_path / kind
+        ingest(spark, [str(src)], with_overrides(PipelineConfig(), warehouse=str(wh)))
+        if kind == "data_file":
+            for part in (wh / "scans").glob("part-*.parquet"):
+                part.unlink()
+        else:
+            last = sorted((wh / "scans" / "_delta_log").glob("*.json"))[-1]
+            last.write_text('{"add": {"path": "part-0.parquet", "size": ')  # cut mid-write
+        damaged[kind] = wh
+    logs = tmp_path / "logs"
+    script = "import sys; from medspark.cli import main; " + "; ".join(
+        f"print('--', main(['preprocess', '--warehouse', {str(wh)!r}]), file=sys.stderr)"
+        for wh in damaged.values()
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MEDSPARK_LOG_DIR": str(logs)},
+        timeout=600,
+        cwd=tmp_path,
+    )
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith(("medspark:", "--"))]
+    assert [ln for ln in lines if ln.startswith("--")] == ["-- 1", "-- 1"], proc.stderr[-3000:]
+    messages = [ln for ln in lines if ln.startswith("medspark:")]
+    assert len(messages) == 2, proc.stderr[-3000:]
+    for message, wh in zip(messages, damaged.values(), strict=True):
+        assert f"table scans at {wh / 'scans'} cannot be read" in message, message
+        assert f"RESTORE TABLE delta.`{wh / 'scans'}` TO VERSION AS OF" in message
+        log = message.rsplit("(full trace: ", 1)[1].rstrip(")")
+        assert log.startswith(str(logs)) and "Traceback" in Path(log).read_text()
+    assert "\tat org.apache" not in proc.stderr  # no Java stack trace on the console
