@@ -230,6 +230,11 @@ class DeidConfig:
     # Regions (0018,6011) and withholds the pixels of frames that declare no region (they go
     # to restricted_images only); "keep" writes them to images as they are.
     burned_in: Literal["clean", "keep"] = "clean"
+    # Export folders and files are often named after the patient (DOE^JOHN_12345/IM0001):
+    # false (the default) puts a location key in the analyst tables' source_uri and
+    # archive_member (and in their messages), the paths in restricted_locations; true keeps
+    # the paths in the analyst tables.
+    keep_paths: bool = False
 
 
 @dataclass(frozen=True)
@@ -268,6 +273,9 @@ class TablesConfig:
     )
     restricted_images: str = field(
         default="restricted_images", metadata=_meta(pattern=r"^restricted_[A-Za-z0-9_]*$")
+    )
+    restricted_locations: str = field(
+        default="restricted_locations", metadata=_meta(pattern=r"^restricted_[A-Za-z0-9_]*$")
     )
 
 

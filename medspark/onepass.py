@@ -60,6 +60,9 @@ def _pass_schema() -> StructType:
         StructField("burned_in_flag_reason", StringType(), True),
         StructField("acquired_at", TimestampNTZType(), True),
         *[StructField(f"original_{n}", StringType(), True) for n in ORIGINAL_IDS],
+        # where the item is (restricted_locations) when source_uri holds its location key
+        StructField("original_source_uri", StringType(), True),
+        StructField("original_archive_member", StringType(), True),
         StructField("batch_rows", LongType(), True),  # metrics rows: frames of the batch
         StructField("seconds_infer", DoubleType(), True),
         StructField("gpu_utilization", DoubleType(), True),
@@ -178,22 +181,27 @@ def process_units(
         for unit in units:
             yield from iter_unit(unit, settings.limits)
 
+    locate = settings.pseudonymizer.locate if settings.pseudonymizer is not None else None
     for item in items():
         t_read = time.perf_counter()
         row, data = _scan_rows(item, settings)
-        yield row
-        if data is None:
-            continue
-        reason = row["burned_in_flag_reason"]
-        key = {
-            "sop_instance_uid": row["sop_instance_uid"],
+        reason = row.get("burned_in_flag_reason")
+        key = {  # the item's path: frame error messages name the file (then redacted)
+            "sop_instance_uid": row.get("sop_instance_uid"),
             "source_uri": row["source_uri"],
-            "archive_member": row["archive_member"],
+            "archive_member": row.get("archive_member"),
             "burned_in_annotation": reason is not None,
             "burned_in_reason": reason,
         }
+        if locate is not None:
+            locate(row)  # location keys in place of paths (deid.keep_paths off)
+        yield row
+        if data is None:
+            continue
         seconds_read = time.perf_counter() - t_read  # read, hash, parse, de-identify
         for frame_row in process_item(data, key, settings.preprocess):
+            if locate is not None:
+                locate(frame_row)
             frame_row["kind"] = FRAME
             frame_row["seconds_read"] = seconds_read
             seconds_read = 0.0

@@ -21,7 +21,15 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from medspark.config import PipelineConfig
-from medspark.dicom.deid import deidentify_scans, phi_map, pseudonymizer_from_config
+from medspark.dicom.deid import (
+    ORIGINAL_LOCATION,
+    deidentify_scans,
+    locate_sources,
+    locates,
+    phi_map,
+    pseudonymizer_from_config,
+    restore_sources,
+)
 from medspark.preprocess.udf import BURNED_IN_WITHHELD
 from medspark.recording import (
     InferResult,
@@ -36,6 +44,7 @@ from medspark.recording import (
 from medspark.steps import (
     DUPLICATE_COPY,
     DUPLICATE_SOP,
+    duplicate_error,
     frame_ranges,
     model_columns,
     phi_rows,
@@ -110,6 +119,57 @@ def _record_acquisitions(
     )
 
 
+def with_paths(spark: Any, config: PipelineConfig, df: DataFrame) -> DataFrame:
+    """Rows of an analyst table with the file paths back in ``source_uri`` and
+    ``archive_member`` (from ``restricted_locations``): for data engineers, who can read the
+    restricted warehouse. Rows that hold paths already (``deid.keep_paths``) stay as they are."""
+    return restore_sources(df, _existing(spark, config.table_path("restricted_locations")))
+
+
+#: A ``scans`` row is refreshed only by the item it came from: a row another run stored for the
+#: same SOP Instance UID from another item is never overwritten (see :func:`_late_duplicates`).
+SAME_ITEM = "t.source_uri <=> s.source_uri AND t.archive_member <=> s.archive_member"
+
+
+def _late_duplicates(spark: Any, kept: DataFrame, scans_path: str, run_id: str) -> DataFrame:
+    """``ingest_errors`` rows for the items of ``kept`` whose SOP Instance UID is in ``scans``
+    from another item: stored by a concurrent run after this run's duplicate check."""
+    stored = (
+        spark.read.format("delta")
+        .load(scans_path)
+        .select(
+            "sop_instance_uid",
+            F.col("source_uri").alias("_s_uri"),
+            F.col("archive_member").alias("_s_member"),
+            F.col("sha256").alias("_s_sha"),
+        )
+    )
+    lost = kept.join(stored, "sop_instance_uid").where(
+        ~(F.col("source_uri").eqNullSafe(F.col("_s_uri")))
+        | ~(F.col("archive_member").eqNullSafe(F.col("_s_member")))
+    )
+    return lost.select(
+        *[f.name for f in SOURCE_FIELDS],
+        *duplicate_error(
+            F.col("_s_uri"), F.col("_s_member"), F.col("_s_sha"), "; stored by a concurrent run"
+        ),
+        F.lit(run_id).alias("run_id"),
+        F.current_timestamp().alias("recorded_at"),
+    )
+
+
+def _write_locations(spark: Any, config: PipelineConfig, rows: DataFrame, run_id: str) -> None:
+    """``restricted_locations``: the path of every location key in ``rows`` (items located by
+    :func:`~medspark.dicom.deid.locate_sources`, scans and errors alike)."""
+    located = rows.select("source_uri", "archive_member", *ORIGINAL_LOCATION).distinct()
+    merge_into(
+        spark,
+        located.withColumns({"run_id": F.lit(run_id), "recorded_at": F.current_timestamp()}),
+        config.table_path("restricted_locations"),
+        "restricted_locations",
+    )
+
+
 def _rebuild_utilization(spark: Any, config: PipelineConfig, run_id: str) -> None:
     """Rebuild ``scanner_utilization`` from all of ``restricted_acquisitions``."""
     from medspark.metrics.utilization import rebuild
@@ -150,7 +210,11 @@ def ingest(
     ensure_restricted_root(config)
 
     pseudonymizer = pseudonymizer_from_config(config.deid)  # None when deid.enabled is false
-    instances = read_instances(spark, sources, config).persist(StorageLevel.MEMORY_AND_DISK)
+    # Location keys in place of paths from the start, so every comparison with the tables
+    # (duplicates, cleared errors) is between keys.
+    instances = locate_sources(
+        read_instances(spark, sources, config), pseudonymizer, message="error_message"
+    ).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         items = instances.count()
         candidates, read_errors = split_instances(instances)
@@ -179,7 +243,14 @@ def ingest(
             _rebuild_utilization(spark, config, run_id)
 
         steps = [
-            lambda: merge_into(spark, scans.withColumns(stamp), scans_path, "scans", metrics=True),
+            lambda: merge_into(
+                spark,
+                scans.withColumns(stamp),
+                scans_path,
+                "scans",
+                metrics=True,
+                update_if=SAME_ITEM,
+            ),
             write_errors,
             write_acquisitions,
         ]
@@ -189,14 +260,30 @@ def ingest(
             )
             phi_path = config.table_path("restricted_phi_map")
             steps.append(lambda: merge_into(spark, phi_rows, phi_path, "restricted_phi_map"))
+        if locates(pseudonymizer):
+            steps.append(lambda: _write_locations(spark, config, instances, run_id))
         # Independent writes, one driver thread each. Two of them read the de-identified scans;
         # they share one computation of the cache, because a task that needs a cached block
         # another task is still writing waits for it (Spark's BlockInfoManager: the first
         # writer wins) instead of computing it again.
         scan_metrics, by_class, *_ = concurrently(*steps)
+        kept_n = items - sum(by_class.values())
+        written = scan_metrics.get("numTargetRowsInserted", 0) + scan_metrics.get(
+            "numTargetRowsUpdated", 0
+        )
+        stored = scans
+        if scan_metrics and written < kept_n:
+            # Another run stored some of these SOP Instance UIDs from other items between our
+            # duplicate check and our commit: those items are duplicates after all.
+            late = _late_duplicates(spark, scans, scans_path, run_id).persist()
+            merge_into(spark, late, errors_path, "ingest_errors")
+            for r in late.groupBy("error_class").agg(F.count("*").alias("n")).collect():
+                by_class[r["error_class"]] = by_class.get(r["error_class"], 0) + int(r["n"])
+            where = [scans[c].eqNullSafe(late[c]) for c in ("source_uri", "archive_member")]
+            stored = scans.join(late, where, "left_anti")
         # An item that failed in an earlier run (a truncated copy since replaced) and is a scan
         # now must not stay in ingest_errors too: every item is in exactly one of the tables.
-        cleared = delete_matching(spark, scans, errors_path, "ingest_errors") if had_errors else 0
+        cleared = delete_matching(spark, stored, errors_path, "ingest_errors") if had_errors else 0
         errors.unpersist()
         scans.unpersist()
     finally:
@@ -222,7 +309,12 @@ def preprocess(spark: Any, config: PipelineConfig, run_id: str | None = None) ->
     start = time.monotonic()
     run_id = run_id or new_run_id()
     scans = spark.read.format("delta").load(config.table_path("scans"))
-    instances = pixel_instances(scans).persist(StorageLevel.MEMORY_AND_DISK)
+    # Files are read at their paths (restricted_locations); rows are written with their keys.
+    pseudonymizer = pseudonymizer_from_config(config.deid)
+    locations = _existing(spark, config.table_path("restricted_locations"))
+    instances = restore_sources(pixel_instances(scans), locations).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
     try:
         n_instances = instances.count()
         parallelism = spark.sparkContext.defaultParallelism
@@ -230,9 +322,9 @@ def preprocess(spark: Any, config: PipelineConfig, run_id: str | None = None) ->
             2 * parallelism, min(-(-n_instances // 200), 64 * parallelism)
         )
         chain_hash = config.preprocess.chain().config_hash()
-        frames = preprocess_frames(instances, config, partitions).persist(
-            StorageLevel.MEMORY_AND_DISK
-        )
+        frames = locate_sources(
+            preprocess_frames(instances, config, partitions), pseudonymizer, "error_message"
+        ).persist(StorageLevel.MEMORY_AND_DISK)
         images, errors = split_frames(frames)
         stamp = {
             "config_hash": F.lit(chain_hash),
@@ -667,6 +759,9 @@ def run_all(
                     spark, phi, config.table_path("restricted_phi_map"), "restricted_phi_map"
                 )
             )
+        if locates(settings.pseudonymizer):
+            items = out.where(F.col("kind").isin(SCAN, INGEST_ERROR))
+            steps.append(lambda: _write_locations(spark, config, items, run_id))
         scan_counts, _, _, image_counts, _, prediction_counts, *_ = concurrently(*steps)
         write_metric_rows(config, metric_rows, "run", run_id)
         cleared = delete_matching(spark, kept, errors_path, "ingest_errors") if had_errors else 0

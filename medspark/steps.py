@@ -67,6 +67,26 @@ def _location(uri: Any, member: Any) -> Any:
     return F.when(member.isNull(), uri).otherwise(F.concat(uri, F.lit("!"), member))
 
 
+def duplicate_error(kept_uri: Any, kept_member: Any, kept_sha: Any, note: str = "") -> list[Any]:
+    """``error_class`` and ``message`` columns for a row whose SOP Instance UID is taken by the
+    item at ``kept_uri`` / ``kept_member``: ``duplicate_copy`` when its bytes are the same
+    (``kept_sha``), else ``duplicate_sop_instance``; the message names both items."""
+    same = F.col("sha256").eqNullSafe(kept_sha)
+    return [
+        F.when(same, F.lit(DUPLICATE_COPY)).otherwise(F.lit(DUPLICATE_SOP)).alias("error_class"),
+        F.concat(
+            _location(F.col("source_uri"), F.col("archive_member")),
+            F.lit(": SOP Instance UID "),
+            F.col("sop_instance_uid"),
+            F.when(same, F.lit(" is an identical copy of ")).otherwise(
+                F.lit(" is already taken by different content in ")
+            ),
+            _location(kept_uri, kept_member),
+            F.lit(f" (kept{note})"),
+        ).alias("message"),
+    ]
+
+
 def resolve_duplicates(
     candidates: DataFrame, existing: DataFrame | None
 ) -> tuple[DataFrame, DataFrame]:
@@ -119,20 +139,9 @@ def resolve_duplicates(
     )
     helper_cols = [c for c in ranked.columns if c.startswith("_")]
     kept = ranked.where("_keep").drop(*helper_cols)
-    same = F.col("sha256").eqNullSafe(F.col("_kept_sha"))
     rejected = ranked.where(~F.col("_keep")).select(
         *[f.name for f in SOURCE_FIELDS],
-        F.when(same, F.lit(DUPLICATE_COPY)).otherwise(F.lit(DUPLICATE_SOP)).alias("error_class"),
-        F.concat(
-            _location(F.col("source_uri"), F.col("archive_member")),
-            F.lit(": SOP Instance UID "),
-            F.col("sop_instance_uid"),
-            F.when(same, F.lit(" is an identical copy of ")).otherwise(
-                F.lit(" is already taken by different content in ")
-            ),
-            _location(F.col("_kept_uri"), F.col("_kept_member")),
-            F.lit(" (kept)"),
-        ).alias("message"),
+        *duplicate_error(F.col("_kept_uri"), F.col("_kept_member"), F.col("_kept_sha")),
     )
     return kept, rejected
 

@@ -256,7 +256,7 @@ def test_ct_small_typed_columns_are_pseudonymised():
     assert out["manufacturer"] == "GE MEDICAL SYSTEMS"  # device identity kept by default
     assert out["station_name"] == header["station_name"]
     assert out["modality"] == "CT" and out["rows"] == 128
-    assert out["source_uri"] == "file:///data/in/x.dcm"  # kept: engineers re-read files
+    assert out["source_uri"] == "file:///data/in/x.dcm"  # keys come after (locate)
     doc = json.loads(out["header_json"])
     assert doc["00100020"]["Value"] == [out["patient_id"]]
     assert doc["00080018"]["Value"] == [out["sop_instance_uid"]]
@@ -598,3 +598,42 @@ def test_deidentify_scans_and_phi_map_on_spark(spark):
         t for r in rows for t in p.phi_map_rows(r)
     }
     assert {m.kind for m in mapping} >= {"patient_id", "sop_instance_uid"}
+
+
+# ------------------------------------------------------------------ locations
+
+
+def test_locate_puts_keys_in_place_of_paths_and_messages():
+    p = _pseudonymizer()
+    uri, member = "file:///export/DOE%5EJOHN_12345/pacs.zip", "DOE^JOHN/IM0001"
+    row = {
+        "source_uri": uri,
+        "archive_member": member,
+        "error_message": f"{uri}!{member}: truncated (read /export/DOE^JOHN_12345/pacs.zip)",
+    }
+    p.locate(row)
+    uri_key, member_key = p.location_keys(uri, member)
+    assert re.fullmatch(r"loc-[0-9a-f]{32}", uri_key)
+    assert re.fullmatch(r"member-[0-9a-f]{32}", member_key)
+    assert (row["source_uri"], row["archive_member"]) == (uri_key, member_key)
+    assert (row["original_source_uri"], row["original_archive_member"]) == (uri, member)
+    assert row["error_message"] == f"{uri_key}!{member_key}: truncated (read {uri_key})"
+    assert "DOE" not in row["error_message"]
+    # Stable across calls and processes (HMAC of the path); the member key covers the archive;
+    # another secret gives other keys.
+    assert p.location_keys(uri, member) == (uri_key, member_key)
+    assert p.location_keys("file:///other.zip", member)[1] != member_key
+    assert _pseudonymizer(b"another secret" * 3).location_keys(uri, None)[0] != uri_key
+    assert p.location_keys(uri, None) == (uri_key, None)
+
+
+def test_keep_paths_keeps_paths():
+    p = _pseudonymizer(keep_paths=True)
+    row = {
+        "source_uri": "file:///DOE/x.dcm",
+        "archive_member": None,
+        "message": "file:///DOE/x.dcm",
+    }
+    p.locate(row)
+    assert row["source_uri"] == row["original_source_uri"] == "file:///DOE/x.dcm"
+    assert row["message"] == "file:///DOE/x.dcm"

@@ -21,7 +21,14 @@ pytestmark = pytest.mark.spark
 
 
 def _location(uri: str, member: str | None) -> tuple[str, str | None]:
-    return (uri, member)
+    """The location keys the analyst tables hold for a path (deid.keep_paths off)."""
+    from medspark.dicom.deid import pseudonymizer_from_config
+
+    return pseudonymizer_from_config(PipelineConfig().deid).location_keys(uri, member)
+
+
+#: Export folders are often named after the patient: this one must reach no analyst table.
+PATIENT_FOLDER = "DOE^JOHN_12345"
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +36,7 @@ def layout(tmp_path_factory, test_files):
     """Inputs as a hospital export looks, and the item locations expected from them."""
     root = tmp_path_factory.mktemp("input")
     dicoms = sorted(test_files.glob("*.dcm"))
-    loose = root / "loose"
+    loose = root / PATIENT_FOLDER
     (loose / "nested").mkdir(parents=True)
     for p in dicoms[:20]:
         shutil.copyfile(p, loose / p.name)
@@ -49,17 +56,21 @@ def layout(tmp_path_factory, test_files):
     broken = root / "broken.zip"
     broken.write_bytes(b"PK\x03\x04" + os.urandom(64))
 
-    expected: set[tuple[str, str | None]] = set()
+    paths: set[tuple[str, str | None]] = set()
     for dirpath, _, files in os.walk(loose):
         for f in files:
             if f and not Path(dirpath, f).name.endswith(".zip"):
-                expected.add(_location(to_uri(Path(dirpath, f)), None))
+                paths.add((to_uri(Path(dirpath, f)), None))
     with zipfile.ZipFile(zpath) as zf:
-        expected |= {_location(to_uri(zpath), n) for n in zf.namelist()}
+        paths |= {(to_uri(zpath), n) for n in zf.namelist()}
     with tarfile.open(tpath) as tf:
-        expected |= {_location(to_uri(tpath), m.name) for m in tf.getmembers() if m.isfile()}
-    expected.add(_location(to_uri(broken), None))
-    return {"sources": [str(loose), str(zpath), str(tpath), str(broken)], "expected": expected}
+        paths |= {(to_uri(tpath), m.name) for m in tf.getmembers() if m.isfile()}
+    paths.add((to_uri(broken), None))
+    return {
+        "sources": [str(loose), str(zpath), str(tpath), str(broken)],
+        "paths": paths,
+        "expected": {_location(*p) for p in paths},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +79,10 @@ def warehouse(spark, layout, tmp_path_factory):
     config = with_overrides(PipelineConfig(), warehouse=str(wh))
     first = ingest(spark, layout["sources"], config)
     second = ingest(spark, layout["sources"], config)
-    return {"path": wh, "config": config, "first": first, "second": second}
+    from medspark.dicom.deid import pseudonymizer_from_config
+
+    ct_sop = pseudonymizer_from_config(config.deid).uid(CT_SMALL_SOP)
+    return {"path": wh, "config": config, "first": first, "second": second, "ct_sop": ct_sop}
 
 
 def _table(spark, wh, name):
@@ -84,6 +98,16 @@ def test_every_input_item_lands_in_exactly_one_table(spark, layout, warehouse):
     assert len(locations) == len(set(locations)), "an item landed twice"
     assert set(locations) == layout["expected"]
     assert warehouse["first"].items == len(layout["expected"])
+    # Where each key points: in restricted_locations, for data engineers.
+    config = warehouse["config"]
+    restricted = spark.read.format("delta").load(config.table_path("restricted_locations"))
+    mapped = {
+        (r.source_uri, r.archive_member): (r.original_source_uri, r.original_archive_member)
+        for r in restricted.collect()
+    }
+    assert restricted.count() == len(mapped) == len(layout["paths"])
+    assert set(mapped.values()) == layout["paths"]
+    assert all(_location(*path) == key for key, path in mapped.items())
 
 
 def test_rerun_changes_no_row_count(spark, warehouse):
@@ -124,16 +148,32 @@ def test_ct_small_typed_columns(spark, layout, warehouse, pseudo):
         len(ct.sha256) == 64
         and ct.size == (Path(layout["sources"][0]) / "CT_small.dcm").stat().st_size
     )
-    # Deterministic choice among the three copies: the smallest source_uri, i.e. loose/CT_small.dcm.
-    assert ct.source_uri.endswith("/loose/CT_small.dcm") and ct.archive_member is None
+    # Deterministic choice among the three copies: the smallest location key (source_uri, then
+    # archive_member, loose file first).
+    loose = Path(layout["sources"][0])
+    copies = [
+        _location(to_uri(loose / "CT_small.dcm"), None),
+        _location(to_uri(loose / "nested" / "ct_no_extension"), None),
+        _location(to_uri(Path(layout["sources"][1])), "export/copy_of_ct.dcm"),
+    ]
+    assert (ct.source_uri, ct.archive_member) == min(copies, key=lambda k: (k[0], k[1] or ""))
+
+
+def _file_names(spark, warehouse) -> dict[tuple[str, str | None], str]:
+    """Location key -> the file name it stands for (from restricted_locations)."""
+    table = warehouse["config"].table_path("restricted_locations")
+    return {
+        (r.source_uri, r.archive_member): (
+            r.original_archive_member or r.original_source_uri
+        ).rsplit("/", 1)[-1]
+        for r in spark.read.format("delta").load(table).collect()
+    }
 
 
 def test_error_classes_of_broken_inputs(spark, layout, warehouse):
     rows = _table(spark, warehouse, "ingest_errors").collect()
-    by_name = {
-        (r.archive_member or r.source_uri).rsplit("/", 1)[-1]: (r.error_class, r.message)
-        for r in rows
-    }
+    names = _file_names(spark, warehouse)
+    by_name = {names[(r.source_uri, r.archive_member)]: (r.error_class, r.message) for r in rows}
     assert by_name["MR_truncated.dcm"][0] == "truncated"
     assert by_name["rtplan_truncated.dcm"][0] == "truncated"
     assert by_name["notes.txt"][0] == "not_dicom"
@@ -141,9 +181,18 @@ def test_error_classes_of_broken_inputs(spark, layout, warehouse):
     assert by_name["empty.dcm"][0] == "empty_file"
     assert by_name["broken.zip"][0] == "broken_archive"
     assert by_name["meta_missing_tsyntax.dcm"][0] == "missing_sop_instance_uid"
-    cls, msg = by_name["copy_of_ct.dcm"]
-    assert cls == "duplicate_copy" and "loose/CT_small.dcm (kept)" in msg
-    assert by_name["ct_no_extension"][0] == "duplicate_copy"
+    (kept,) = (
+        _table(spark, warehouse, "scans")
+        .where(F.col("sop_instance_uid") == warehouse["ct_sop"])
+        .collect()
+    )
+    kept_location = kept.source_uri + (f"!{kept.archive_member}" if kept.archive_member else "")
+    duplicates = [
+        by_name[n] for n in ("copy_of_ct.dcm", "ct_no_extension", "CT_small.dcm") if n in by_name
+    ]
+    assert len(duplicates) == 2  # three copies, one kept
+    for cls, msg in duplicates:
+        assert cls == "duplicate_copy" and f"{kept_location} (kept)" in msg
     # Every message names the item it is about.
     for r in rows:
         assert (r.archive_member or r.source_uri) in r.message, r
@@ -157,7 +206,7 @@ def test_same_uid_different_content_is_duplicate_sop_instance(spark, warehouse):
     )
     assert dup, "pydicom's MR_small variants share one SOP Instance UID with different bytes"
     for row in dup:
-        assert "already taken by different content in file://" in row.message
+        assert "already taken by different content in loc-" in row.message
 
 
 def test_non_image_instances_are_scans_without_pixels(spark, warehouse):
@@ -192,7 +241,7 @@ def test_second_source_with_same_uid_is_rejected_against_existing_table(
     result = ingest(spark, [str(a)], config)  # a sorts first, but b is already in the table
     assert result.errors_by_class == {"duplicate_sop_instance": 1}
     kept = spark.read.format("delta").load(config.table_path("scans")).collect()
-    assert [r.source_uri for r in kept] == [to_uri(b / "mr.dcm")]
+    assert [r.source_uri for r in kept] == [_location(to_uri(b / "mr.dcm"), None)[0]]
 
 
 def test_a_repaired_file_leaves_ingest_errors(spark, tmp_path, test_files):
@@ -211,10 +260,10 @@ def test_a_repaired_file_leaves_ingest_errors(spark, tmp_path, test_files):
     assert second.scans == 1 and second.errors_cleared == 1
     errors = spark.read.format("delta").load(config.table_path("ingest_errors")).collect()
     assert [(r.source_uri, r.error_class) for r in errors] == [
-        (to_uri(src / "notes.txt"), "not_dicom")
+        (_location(to_uri(src / "notes.txt"), None)[0], "not_dicom")
     ]
     scans = spark.read.format("delta").load(config.table_path("scans")).collect()
-    assert [r.source_uri for r in scans] == [to_uri(src / "ct.dcm")]
+    assert [r.source_uri for r in scans] == [_location(to_uri(src / "ct.dcm"), None)[0]]
 
 
 IDENTIFYING = (
@@ -267,12 +316,12 @@ def _identifying_values(test_files) -> set[str]:
 
 
 def test_no_identifying_value_in_any_analyst_table(spark, warehouse, test_files):
-    originals = _identifying_values(test_files)
+    originals = _identifying_values(test_files) | {PATIENT_FOLDER, "DOE^JOHN", "pacs.tar.gz"}
     assert len(originals) > 50  # names, IDs, institutions and UIDs of pydicom's real files
     for name in ("scans", "ingest_errors"):
         for row in _table(spark, warehouse, name).collect():
             for column, value in row.asDict().items():
-                if column in ("source_uri", "archive_member") or not isinstance(value, str):
-                    continue  # file locations are the export's paths (see README)
+                if not isinstance(value, str):
+                    continue
                 leaked = [o for o in originals if o in value]
                 assert not leaked, (name, column, leaked[:3])

@@ -83,7 +83,9 @@ def test_process_units_yields_each_item_once_then_its_frames(inputs):
     assert ct.SOPInstanceUID not in json.dumps([r.get("header_json") for r in scans])
     assert {r["sop_instance_uid"] for r in frames} <= {r["sop_instance_uid"] for r in scans}
     assert sum(r["sop_instance_uid"] == pseudo for r in frames) == 2  # loose and zipped copy
-    dose = [r for r in frames if r["source_uri"].endswith("rtdose.dcm")]
+    dose = [r for r in frames if r["original_source_uri"].endswith("rtdose.dcm")]
+    # Rows carry location keys; the paths only in original_* (bound for restricted_locations).
+    assert all(r["source_uri"].startswith("loc-") for r in rows if r["source_uri"])
     assert [r["frame"] for r in dose] == list(range(15))
     # The true acquisition time stays beside the shifted one, for restricted_acquisitions.
     row = next(r for r in scans if r["sop_instance_uid"] == pseudo and not r["archive_member"])

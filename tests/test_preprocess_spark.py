@@ -14,7 +14,7 @@ import pytest
 
 from medspark.config import PipelineConfig, with_overrides
 from medspark.dicom.pixels import DicomPixelError, iter_frames, to_display
-from medspark.pipeline import ingest, preprocess
+from medspark.pipeline import ingest, preprocess, with_paths
 
 pytestmark = pytest.mark.spark
 
@@ -59,7 +59,8 @@ def _expected_frames(path):
 
 
 def test_every_frame_of_every_pixel_instance_is_accounted_for(spark, processed):
-    scans = _load(spark, processed, "scans").where("has_pixels").collect()
+    scans = with_paths(spark, processed["config"], _load(spark, processed, "scans"))
+    scans = scans.where("has_pixels").collect()
     images = _load(spark, processed, "images").select("sop_instance_uid", "frame").collect()
     errors = _load(spark, processed, "preprocess_errors").collect()
     got_images = {(r[0], r[1]) for r in images}
@@ -223,10 +224,13 @@ def test_a_file_replaced_since_ingest_is_source_changed(spark, tmp_path, test_fi
     shutil.copyfile(test_files / "JPEG2000.dcm", src / "ct.dcm")  # other bytes, same name
     result = preprocess(spark, config)
     assert result.errors_by_class == {"source_changed": 1}
-    errors = spark.read.format("delta").load(config.table_path("preprocess_errors")).collect()
-    assert len(errors) == 1 and errors[0].source_uri.endswith("/ct.dcm")
-    assert "changed since ingest" in errors[0].message
-    images = spark.read.format("delta").load(config.table_path("images")).collect()
-    assert [r.source_uri.rsplit("/", 1)[-1] for r in images] == ["mr.dcm"]
+    errors = spark.read.format("delta").load(config.table_path("preprocess_errors"))
+    (error,) = errors.collect()
+    assert error.source_uri.startswith("loc-") and "ct.dcm" not in error.message  # a key
+    assert error.message.startswith(error.source_uri) and "changed since ingest" in error.message
+    (located,) = with_paths(spark, config, errors).collect()
+    assert located.source_uri.endswith("/ct.dcm")
+    images = with_paths(spark, config, spark.read.format("delta").load(config.table_path("images")))
+    assert [r.source_uri.rsplit("/", 1)[-1] for r in images.collect()] == ["mr.dcm"]
     scans = spark.read.format("delta").load(config.table_path("scans")).collect()
     assert {r.container for r in scans} == {"plain"}

@@ -75,8 +75,8 @@ def test_two_concurrent_ingests_into_a_new_warehouse_both_land(spark, tmp_path, 
     from medspark.config import PipelineConfig, with_overrides
     from medspark.pipeline import ingest
 
-    # Files with SOP Instance UIDs of their own: the same UID ingested by both at once is the
-    # duplicate case, which concurrent runs do not resolve (see the closing note of #15).
+    # Files with SOP Instance UIDs of their own, and one file in both inputs: the same UID
+    # ingested by both at once is one scan and one duplicate_copy error, whichever run wins.
     seen: set[str] = set()
     names = []
     for path in sorted(test_files.glob("*.dcm")):
@@ -84,13 +84,14 @@ def test_two_concurrent_ingests_into_a_new_warehouse_both_land(spark, tmp_path, 
             uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
         except Exception:  # noqa: BLE001 - broken files are fine here: they are errors
             uid = path.name
-        if uid not in seen and len(names) < 24:
+        if uid not in seen and len(names) < 25:
             seen.add(uid)
             names.append(path.name)
+    shared = names.pop()  # SC_rgb_jpeg_dcmtk.dcm, a valid instance
     inputs = [tmp_path / "a", tmp_path / "b"]
     for i, folder in enumerate(inputs):
         folder.mkdir()
-        for name in names[i::2]:
+        for name in [*names[i::2], shared]:
             shutil.copyfile(test_files / name, folder / name)
     config = with_overrides(PipelineConfig(), warehouse=str(tmp_path / "wh"))
     results: dict[int, object] = {}
@@ -112,9 +113,19 @@ def test_two_concurrent_ingests_into_a_new_warehouse_both_land(spark, tmp_path, 
     errors = spark.read.format("delta").load(config.table_path("ingest_errors"))
     from urllib.parse import unquote
 
-    got = {
-        unquote("/".join(r.source_uri.rsplit("/", 2)[-2:]))
-        for r in scans.select("source_uri").union(errors.select("source_uri")).collect()
-    }
-    assert got == {f"{f.name}/{n}" for i, f in enumerate(inputs) for n in names[i::2]}
-    assert sum(r.items for r in results.values()) == len(names)
+    from medspark.pipeline import with_paths
+
+    located = with_paths(
+        spark,
+        config,
+        scans.select("source_uri", "archive_member").union(
+            errors.select("source_uri", "archive_member")
+        ),
+    )
+    got = {unquote("/".join(r.source_uri.rsplit("/", 2)[-2:])) for r in located.collect()}
+    assert got == {f"{f.name}/{n}" for i, f in enumerate(inputs) for n in [*names[i::2], shared]}
+    assert sum(r.items for r in results.values()) == len(names) + 2
+    assert scans.count() + errors.count() == len(names) + 2  # each item exactly once
+    copies = errors.where("error_class = 'duplicate_copy'").collect()
+    assert len(copies) == 1, copies  # the shared file: one scan, one duplicate
+    assert sum(r.errors_by_class.get("duplicate_copy", 0) for r in results.values()) == 1

@@ -80,7 +80,7 @@ import stat
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +92,10 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 SECRET_FILE_NAME = "deid_secret"
+
+#: Columns of error rows whose text names the file (``ingest_errors.message`` and the
+#: ``error_message`` of rows before they are split into tables).
+LOCATION_MESSAGES = ("message", "error_message")
 
 # Action codes of PS3.15 Table E.1-1.
 REMOVE = "X"
@@ -222,10 +226,9 @@ PASSTHROUGH_COLUMNS = frozenset(
         "image_position_patient",
         "image_orientation_patient",
         "has_pixels",
-        # Source fields. RISK, kept on purpose for now: hospital exports often name folders and
-        # files after the patient (e.g. /export/DOE_JOHN_1234567/IM0001), and both columns then
-        # carry that name into the analyst table. Data engineers need them to re-read the
-        # files; whether they move to the restricted table is the lead's decision.
+        # Source fields: location keys by the time rows reach a table (Pseudonymizer.locate;
+        # hospital exports often name folders after the patient, /export/DOE_JOHN_1234567/),
+        # the paths with deid.keep_paths.
         "source_uri",
         "archive_member",
         # size and SHA-256 of the original bytes: not identifying by themselves, but the hash
@@ -715,6 +718,34 @@ class Pseudonymizer:
             out["header_json"] = self.deidentify_dataset_json(row["header_json"], key)
         return out
 
+    # -- locations -----------------------------------------------------------------------
+
+    def location_keys(self, uri: str, member: str | None) -> tuple[str, str | None]:
+        """The location key of a file or archive (``source_uri``) and of a member inside it
+        (``archive_member``): ``loc-`` / ``member-`` and 32 hex digits of HMAC-SHA256, so the
+        same path always gives the same key (re-runs match, keys stay unique) and nothing of
+        the path can be read from it. The member key covers the archive too: two archives'
+        ``IM0001`` get different keys."""
+        uri_key = "loc-" + self._mac("location", uri).hex()[:32]
+        if member is None:
+            return uri_key, None
+        return uri_key, "member-" + self._mac("member", uri, member).hex()[:32]
+
+    def locate(self, row: dict[str, Any], messages: Sequence[str] = LOCATION_MESSAGES) -> None:
+        """Put location keys in ``row``'s ``source_uri`` and ``archive_member`` (in place),
+        the paths in ``original_source_uri`` / ``original_archive_member`` (bound for
+        ``restricted_locations``), and the keys in place of the paths in its message columns.
+        With ``deid.keep_paths`` the paths stay and the ``original_*`` columns repeat them."""
+        uri, member = row.get("source_uri"), row.get("archive_member")
+        row["original_source_uri"], row["original_archive_member"] = uri, member
+        if uri is None or self.config.keep_paths:
+            return
+        uri_key, member_key = self.location_keys(uri, member)
+        for column in messages:
+            if row.get(column):
+                row[column] = redact_location(row[column], uri, member, uri_key, member_key)
+        row["source_uri"], row["archive_member"] = uri_key, member_key
+
     def phi_map_rows(self, row: dict[str, Any]) -> list[tuple[str, str, str]]:
         """``(kind, original, pseudonym)`` for the patient id and the three instance UIDs."""
         out: list[tuple[str, str, str]] = []
@@ -724,6 +755,27 @@ class Pseudonymizer:
             if row.get(column):
                 out.append((column, row[column], self.uid(row[column])))
         return out
+
+
+def redact_location(
+    text: str, uri: str, member: str | None, uri_key: str, member_key: str | None
+) -> str:
+    """``text`` with the location's URI (and its local path, and the member path) replaced by
+    their keys. Longest forms first, so ``uri!member`` becomes ``key!member_key``."""
+    from urllib.parse import unquote, urlparse
+
+    pairs = []
+    if member is not None and member_key is not None:
+        pairs.append((f"{uri}!{member}", f"{uri_key}!{member_key}"))
+    pairs.append((uri, uri_key))
+    if uri.startswith("file:"):
+        path = unquote(urlparse(uri).path)
+        pairs.append((path, uri_key))
+    if member:
+        pairs.append((member, member_key or ""))
+    for old, new in pairs:
+        text = text.replace(old, new)
+    return text
 
 
 def _first_value(doc: dict[str, Any], tag: str) -> str | None:
@@ -820,3 +872,87 @@ def phi_map(scans_raw: DataFrame, pseudonymizer: Pseudonymizer) -> DataFrame:
 
     needed = [c for c in ("patient_id", *UID_COLUMNS) if c in scans_raw.columns]
     return scans_raw.select(*needed).mapInArrow(_map_batches(rows, arrow_schema), schema).distinct()
+
+
+#: The columns :func:`locate_sources` adds: where the item really is (for
+#: ``restricted_locations``).
+ORIGINAL_LOCATION = ("original_source_uri", "original_archive_member")
+
+
+def locates(pseudonymizer: Pseudonymizer | None) -> bool:
+    """Whether analyst tables get location keys: de-identification on, ``keep_paths`` off."""
+    return pseudonymizer is not None and not pseudonymizer.config.keep_paths
+
+
+def locate_sources(
+    df: DataFrame, pseudonymizer: Pseudonymizer | None, message: str | None = None
+) -> DataFrame:
+    """``df`` with location keys in ``source_uri`` / ``archive_member`` (and in the text of
+    the ``message`` column), the paths in :data:`ORIGINAL_LOCATION` columns
+    (:meth:`Pseudonymizer.locate`). Without keys to put (:func:`locates` false) the paths stay
+    and the ``original_*`` columns repeat them.
+
+    One Arrow-batched Python UDF over the two (three) short string columns: the rest of the
+    row does not travel to Python for it.
+    """
+    from pyspark.sql import functions as F
+
+    if not locates(pseudonymizer):
+        return df.withColumns(
+            {
+                "original_source_uri": F.col("source_uri"),
+                "original_archive_member": F.col("archive_member"),
+            }
+        )
+    p = pseudonymizer
+    located_type = (
+        "source_uri string, archive_member string, message string, "
+        "original_source_uri string, original_archive_member string"
+    )
+
+    def locate_one(uri: str, member: str | None, text: str | None) -> dict[str, Any]:
+        row = {"source_uri": uri, "archive_member": member, "message": text}
+        p.locate(row, ("message",))
+        return row
+
+    located = F.udf(locate_one, located_type, useArrow=True)(
+        F.col("source_uri"),
+        F.col("archive_member"),
+        F.col(message) if message else F.lit(None).cast("string"),
+    )
+    columns = ["source_uri", "archive_member", *ORIGINAL_LOCATION]
+    out = df.withColumn("_located", located)
+    out = out.withColumns({c: F.col(f"_located.{c}") for c in columns})
+    if message:
+        out = out.withColumn(message, F.col("_located.message"))
+    return out.drop("_located")
+
+
+def restore_sources(df: DataFrame, locations: DataFrame | None) -> DataFrame:
+    """``df`` with the paths of its location keys back in ``source_uri`` / ``archive_member``
+    (looked up in ``locations``, the ``restricted_locations`` table), to read the files again.
+    A key with no row there stays as it is: rows written with ``deid.keep_paths``, or by a
+    release before location keys, hold the path itself."""
+    from pyspark.sql import functions as F
+
+    if locations is None:
+        return df
+    paths = locations.select(
+        F.col("source_uri").alias("_key_uri"),
+        F.col("archive_member").alias("_key_member"),
+        *ORIGINAL_LOCATION,
+    )
+    joined = df.join(
+        paths,
+        (df["source_uri"] == paths["_key_uri"])
+        & df["archive_member"].eqNullSafe(paths["_key_member"]),
+        "left",
+    )
+    return joined.withColumns(
+        {
+            "archive_member": F.when(
+                F.col("original_source_uri").isNotNull(), F.col("original_archive_member")
+            ).otherwise(F.col("archive_member")),
+            "source_uri": F.coalesce("original_source_uri", "source_uri"),
+        }
+    ).drop("_key_uri", "_key_member", *ORIGINAL_LOCATION)

@@ -35,9 +35,19 @@ _DOUBLES = ArrayType(DoubleType(), containsNull=False)
 
 #: Where an item came from; identical in ``scans`` and ``ingest_errors``.
 SOURCE_FIELDS: list[StructField] = [
-    _f("source_uri", StringType(), False, "file:// URI of the loose file or of the archive"),
     _f(
-        "archive_member", StringType(), True, "member path inside the archive; null for loose files"
+        "source_uri",
+        StringType(),
+        False,
+        "location key of the loose file or archive (restricted_locations has its file:// URI); "
+        "the URI itself with deid.keep_paths",
+    ),
+    _f(
+        "archive_member",
+        StringType(),
+        True,
+        "key of the member inside the archive (the path with deid.keep_paths); null for loose "
+        "files",
     ),
     _f("size", LongType(), True, "bytes of the item (uncompressed member size)"),
     _f("sha256", StringType(), True, "SHA-256 of the item's bytes, hex"),
@@ -321,6 +331,20 @@ RESTRICTED_ACQUISITIONS = StructType(
     ]
 )
 
+#: ``restricted_locations``: where each item was read from. Export folders and files are often
+#: named after the patient, so analyst tables carry location keys (``deid.keep_paths`` off, the
+#: default) and the paths live here, for data engineers, who need them to re-read the files.
+RESTRICTED_LOCATIONS = StructType(
+    [
+        _f("source_uri", StringType(), False, "location key, as in the analyst tables"),
+        _f("archive_member", StringType(), True, "member key, as in the analyst tables"),
+        _f("original_source_uri", StringType(), False, "file:// URI of the file or archive"),
+        _f("original_archive_member", StringType(), True, "member path inside the archive"),
+    ]
+    + _RUN_FIELDS
+    + [_f("recorded_at", TimestampType(), False, "when this row was written (UTC)")]
+)
+
 #: ``restricted_images``: the pixels of frames withheld from ``images`` for burned-in text
 #: (flagged, and no Sequence of Ultrasound Regions (0018,6011) to clean them by), key
 #: ``sop_instance_uid`` + ``frame`` as in ``images``. ``infer`` reads their tensors from here.
@@ -457,4 +481,5 @@ TABLES: dict[str, tuple[StructType, tuple[str, ...]]] = {
     "scanner_utilization": (SCANNER_UTILIZATION, ("modality", "station_name", "day")),
     "restricted_acquisitions": (RESTRICTED_ACQUISITIONS, ("sop_instance_uid",)),
     "restricted_images": (RESTRICTED_IMAGES, ("sop_instance_uid", "frame")),
+    "restricted_locations": (RESTRICTED_LOCATIONS, ("source_uri", "archive_member")),
 }

@@ -100,6 +100,7 @@ def merge_into(
     metrics: bool = False,
     fresh: bool = False,
     only_changed: bool = False,
+    update_if: str | None = None,
 ) -> dict[str, int]:
     """:func:`_merge_into_once`, retried when it loses a commit race (:func:`with_retries`).
 
@@ -108,7 +109,9 @@ def merge_into(
     if the two writers had run one after the other.
     """
     return _retried_fresh_first(
-        lambda first: _merge_into_once(spark, df, path, table, metrics, first, only_changed),
+        lambda first: _merge_into_once(
+            spark, df, path, table, metrics, first, only_changed, update_if
+        ),
         fresh,
         table,
     )
@@ -122,6 +125,7 @@ def _merge_into_once(
     metrics: bool = False,
     fresh: bool = False,
     only_changed: bool = False,
+    update_if: str | None = None,
 ) -> dict[str, int]:
     """MERGE ``df`` into the Delta table at ``path`` on the table's key; returns Delta's metrics.
 
@@ -146,6 +150,9 @@ def _merge_into_once(
     commits, and rewrites every file a match touches, even when an update condition keeps all
     rows as they were). The comparison is one anti-join against the table; ``df`` should be
     persisted by the caller, as it is read twice.
+
+    ``update_if`` (SQL over ``t``, the table, and ``s``, the new rows) limits which matched rows
+    are updated; the others stay as they are (and are not counted as updated).
     """
     from delta.tables import DeltaTable
 
@@ -172,7 +179,7 @@ def _merge_into_once(
         # A column added to a table's schema in a later release is added to an existing table
         # by its next MERGE, instead of failing it (Delta's MERGE schema evolution).
         .withSchemaEvolution()
-        .whenMatchedUpdateAll()
+        .whenMatchedUpdateAll(condition=update_if)
         .whenNotMatchedInsertAll()
         .execute()
     )
