@@ -75,3 +75,16 @@ def describe(exc: BaseException) -> str:
             f"HISTORY delta.`{table}` to find n (Spark SQL with Delta)"
         )
     return f"{type(exc).__name__}: {first}"
+
+
+#: Fault injection for tests: ``MEDSPARK_KILL_AFTER=<table>`` kills the process (SIGKILL, as
+#: ``kill -9`` or the OOM killer would) right after its write to that table committed.
+KILL_AFTER_ENV = "MEDSPARK_KILL_AFTER"
+
+
+def committed(table: str) -> None:
+    """Called by the writers after each commit to ``table``; see :data:`KILL_AFTER_ENV`."""
+    if os.environ.get(KILL_AFTER_ENV) == table:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)

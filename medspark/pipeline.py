@@ -127,31 +127,54 @@ def with_paths(spark: Any, config: PipelineConfig, df: DataFrame) -> DataFrame:
 
 
 #: A ``scans`` row is refreshed only by the item it came from: a row another run stored for the
-#: same SOP Instance UID from another item is never overwritten (see :func:`_late_duplicates`).
+#: same SOP Instance UID from another item is never overwritten (see :func:`_settle_duplicates`).
 SAME_ITEM = "t.source_uri <=> s.source_uri AND t.archive_member <=> s.archive_member"
 
 
-def _late_duplicates(spark: Any, kept: DataFrame, scans_path: str, run_id: str) -> DataFrame:
-    """``ingest_errors`` rows for the items of ``kept`` whose SOP Instance UID is in ``scans``
-    from another item: stored by a concurrent run after this run's duplicate check."""
+def _settle_duplicates(spark: Any, kept: DataFrame, scans_path: str, run_id: str) -> DataFrame:
+    """After this run's ``scans`` write: the items to move from ``scans`` (or keep out of it) to
+    ``ingest_errors`` so that each SOP Instance UID has one row, even when a concurrent run
+    stored the same UID from another item. Returns their ``ingest_errors`` rows.
+
+    Two races leave a UID to settle: a concurrent run stored it between this run's duplicate
+    check and its MERGE (the MERGE keeps that row, :data:`SAME_ITEM`, so this run's item is in
+    neither table yet), or two first loads appended it side by side (blind appends do not
+    conflict, so ``scans`` holds it twice). Either way the item at the smallest location is
+    kept, the order :func:`~medspark.steps.resolve_duplicates` uses, and the others become
+    ``duplicate_*`` error rows; a concurrent run that finds the same race settles it the same
+    way. One join of the table with this run's UIDs.
+    """
+    from pyspark.sql import Window
+
+    source = [f.name for f in SOURCE_FIELDS]
+    item = ["sop_instance_uid", "source_uri", "archive_member"]
     stored = (
         spark.read.format("delta")
         .load(scans_path)
-        .select(
-            "sop_instance_uid",
-            F.col("source_uri").alias("_s_uri"),
-            F.col("archive_member").alias("_s_member"),
-            F.col("sha256").alias("_s_sha"),
-        )
+        .join(kept.select("sop_instance_uid").distinct(), "sop_instance_uid")
+        .select("sop_instance_uid", *source)
     )
-    lost = kept.join(stored, "sop_instance_uid").where(
-        ~(F.col("source_uri").eqNullSafe(F.col("_s_uri")))
-        | ~(F.col("archive_member").eqNullSafe(F.col("_s_member")))
+    order = Window.partitionBy("sop_instance_uid").orderBy(
+        F.col("source_uri").asc(), F.col("archive_member").asc_nulls_first()
     )
-    return lost.select(
-        *[f.name for f in SOURCE_FIELDS],
+    ranked = stored.select(
+        "*",
+        F.row_number().over(order).alias("_n"),
+        F.first("source_uri").over(order).alias("_k_uri"),
+        F.first("archive_member").over(order).alias("_k_member"),
+        F.first("sha256").over(order).alias("_k_sha"),
+    )
+    first = ranked.where("_n = 1").select("sop_instance_uid", "_k_uri", "_k_member", "_k_sha")
+    twice = ranked.where("_n > 1").drop("_n")
+    mine = kept.select("sop_instance_uid", *source)
+    unstored = mine.join(stored, [mine[c].eqNullSafe(stored[c]) for c in item], "left_anti").join(
+        first, "sop_instance_uid"
+    )
+    return twice.unionByName(unstored).select(
+        "sop_instance_uid",
+        *source,
         *duplicate_error(
-            F.col("_s_uri"), F.col("_s_member"), F.col("_s_sha"), "; stored by a concurrent run"
+            F.col("_k_uri"), F.col("_k_member"), F.col("_k_sha"), "; stored by a concurrent run"
         ),
         F.lit(run_id).alias("run_id"),
         F.current_timestamp().alias("recorded_at"),
@@ -267,22 +290,18 @@ def ingest(
         # another task is still writing waits for it (Spark's BlockInfoManager: the first
         # writer wins) instead of computing it again.
         scan_metrics, by_class, *_ = concurrently(*steps)
-        kept_n = items - sum(by_class.values())
-        written = scan_metrics.get("numTargetRowsInserted", 0) + scan_metrics.get(
-            "numTargetRowsUpdated", 0
-        )
+        # A concurrent run may have stored some of these SOP Instance UIDs from other items.
+        late = _settle_duplicates(spark, scans, scans_path, run_id).persist()
         stored = scans
-        if scan_metrics and written < kept_n:
-            # Another run stored some of these SOP Instance UIDs from other items between our
-            # duplicate check and our commit: those items are duplicates after all.
-            late = _late_duplicates(spark, scans, scans_path, run_id).persist()
+        late_counts = late.groupBy("error_class").agg(F.count("*").alias("n")).collect()
+        for r in late_counts:
+            by_class[r["error_class"]] = by_class.get(r["error_class"], 0) + int(r["n"])
+        if late_counts:
             merge_into(spark, late, errors_path, "ingest_errors")
-            for r in late.groupBy("error_class").agg(F.count("*").alias("n")).collect():
-                by_class[r["error_class"]] = by_class.get(r["error_class"], 0) + int(r["n"])
+            item = ["sop_instance_uid", "source_uri", "archive_member"]
+            delete_matching(spark, late, scans_path, "scans", on=item)
             where = [scans[c].eqNullSafe(late[c]) for c in ("source_uri", "archive_member")]
             stored = scans.join(late, where, "left_anti")
-        # An item that failed in an earlier run (a truncated copy since replaced) and is a scan
-        # now must not stay in ingest_errors too: every item is in exactly one of the tables.
         cleared = delete_matching(spark, stored, errors_path, "ingest_errors") if had_errors else 0
         errors.unpersist()
         scans.unpersist()

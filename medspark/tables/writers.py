@@ -13,7 +13,7 @@ import random
 import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,6 +21,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from medspark.errors import ConfigError
+from medspark.failures import committed
 from medspark.tables.schemas import BOOKKEEPING_COLUMNS, TABLES
 
 if TYPE_CHECKING:
@@ -108,13 +109,15 @@ def merge_into(
     fresh table becomes a MERGE once another writer has filled it: the result is the same as
     if the two writers had run one after the other.
     """
-    return _retried_fresh_first(
+    counts = _retried_fresh_first(
         lambda first: _merge_into_once(
             spark, df, path, table, metrics, first, only_changed, update_if
         ),
         fresh,
         table,
     )
+    committed(table)
+    return counts
 
 
 def _merge_into_once(
@@ -191,6 +194,7 @@ def replace_table(spark: Any, df: DataFrame, path: str, table: str, fresh: bool 
     _retried_fresh_first(
         lambda first: _replace_table_once(spark, df, path, table, first), fresh, table
     )
+    committed(table)
 
 
 def _retried_fresh_first(write: Callable[[bool], T], fresh: bool, table: str) -> T:
@@ -234,13 +238,18 @@ def create_tables(spark: Any, tables: dict[str, str]) -> set[str]:
     return set(missing)
 
 
-def delete_matching(spark: Any, keys: DataFrame, path: str, table: str) -> int:
+def delete_matching(
+    spark: Any, keys: DataFrame, path: str, table: str, on: Sequence[str] | None = None
+) -> int:
     """:func:`_delete_matching_once`, retried when it loses a commit race."""
-    return with_retries(lambda: _delete_matching_once(spark, keys, path, table), table)
+    return with_retries(lambda: _delete_matching_once(spark, keys, path, table, on), table)
 
 
-def _delete_matching_once(spark: Any, keys: DataFrame, path: str, table: str) -> int:
-    """Delete the rows of the Delta table at ``path`` whose key matches a row of ``keys``.
+def _delete_matching_once(
+    spark: Any, keys: DataFrame, path: str, table: str, on: Sequence[str] | None = None
+) -> int:
+    """Delete the rows of the Delta table at ``path`` whose key (or the columns ``on``)
+    matches a row of ``keys``.
 
     Keys are compared null-safely, as in :func:`merge_into`. One atomic commit (a MERGE with
     only a delete clause); returns Delta's ``numTargetRowsDeleted``. No table, nothing to do.
@@ -249,7 +258,7 @@ def _delete_matching_once(spark: Any, keys: DataFrame, path: str, table: str) ->
 
     if not DeltaTable.isDeltaTable(spark, path):
         return 0
-    _, key_columns = TABLES[table]
+    key_columns = on or TABLES[table][1]
     target = DeltaTable.forPath(spark, path)
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in key_columns)
     source = keys.select(*key_columns).distinct()
