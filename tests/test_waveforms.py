@@ -211,3 +211,22 @@ def test_instance_without_measurable_lead_has_reason(tmp_path):
     assert summary.heart_rate_bpm is None
     assert summary.reason.startswith("no lead could be analysed: too short: 3.00 s")
     assert len(leads) == 12 and all(m.reason for m in leads)
+
+
+def test_process_instance_rows_and_error_row(tmp_path, test_files):
+    from medspark.waveforms.step import ERROR, METRICS, WAVEFORM, WAVEFORM_ROWS, process_instance
+
+    key = {"sop_instance_uid": "2.25.1", "source_uri": "file:///x/e.dcm", "archive_member": None}
+    rows = process_instance((test_files / "waveform_ecg.dcm").read_bytes(), key, method="nk")
+    kinds = [r["kind"] for r in rows]
+    assert kinds.count(WAVEFORM) == 24 and kinds.count(METRICS) == 13  # instance + 12 leads
+    assert all(set(r) <= set(WAVEFORM_ROWS.fieldNames()) for r in rows)
+    instance = next(r for r in rows if r["kind"] == METRICS and r["lead"] is None)
+    assert instance["heart_rate_bpm"] == pytest.approx(61.07, abs=0.1)
+    assert instance["multiplex_group"] == 0 and instance["method"] == "nk"
+    bad = write_ecg(tmp_path / "bad.dcm", 72, bad_channel_count=True)
+    (row,) = process_instance(bad.read_bytes(), {**key, "source_uri": "file:///x/bad.dcm"})
+    assert row["kind"] == ERROR and row["error_class"] == BAD_CHANNEL_DEFINITION
+    assert row["message"].startswith("file:///x/bad.dcm: multiplex group 0: Number of Waveform")
+    (row,) = process_instance(b"not dicom at all", key)
+    assert row["kind"] == ERROR and row["error_class"] == "not_dicom"
