@@ -334,7 +334,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         plans.append(prepare_pass(args.sources, config, args.master or config.spark.master))
 
     def step(spark: Any, config: Any, record: Any) -> Any:
-        return run_all(spark, args.sources, config, record, plans[0] if plans else None)
+        from medspark.waveforms.step import waveforms_after_run
+
+        results = run_all(spark, args.sources, config, record, plans[0] if plans else None)
+        waves = waveforms_after_run(spark, config, record)  # None: no waveform in this run
+        return (*results, waves) if waves is not None else results
 
     config, results = _recorded(args, "run", step, meanwhile=prepare)
     for result in results:

@@ -1,5 +1,6 @@
 """The waveforms step on Spark: scans -> waveforms, ecg_metrics, waveform_errors (one ingest,
-two waveforms runs on real and synthetic DICOM ECGs)."""
+one waveforms run on real and synthetic DICOM ECGs; the last test runs it again through the
+``medspark run`` hook and checks that the re-run adds no row)."""
 
 from __future__ import annotations
 
@@ -32,10 +33,9 @@ def warehouse(spark, tmp_path_factory, test_files):
     shutil.copy(test_files / "waveform_ecg.dcm", src / "real.dcm")
     shutil.copy(test_files / "CT_small.dcm", src / "ct.dcm")  # no waveform: not read
     config = with_overrides(PipelineConfig(), warehouse=str(root / "wh"))
-    ingest(spark, [str(src)], config)
+    ingest(spark, [str(src)], config, "ingest-1")
     first = run_waveforms(spark, config, "run-1")
-    second = run_waveforms(spark, config, "run-2")
-    return {"config": config, "src": src, "first": first, "second": second}
+    return {"config": config, "src": src, "first": first}
 
 
 def _load(spark, warehouse, name):
@@ -47,15 +47,15 @@ def _sop_by_file(spark, warehouse):
     return {r["source_uri"].rsplit("/", 1)[1]: r["sop_instance_uid"] for r in scans}
 
 
-def test_tables_and_rerun(spark, warehouse):
-    first, second = warehouse["first"], warehouse["second"]
-    assert first.instances == second.instances == 6  # 4 + bad synthetic, the real ECG
-    assert first.channels == second.channels == 4 * 12 + 24
+def test_tables(spark, warehouse):
+    first = warehouse["first"]
+    assert first.instances == 6  # 4 + bad synthetic, the real ECG
+    assert first.channels == 4 * 12 + 24
     assert first.measured == 4 and first.unmeasured == {"no lead could be analysed": 1}
     assert first.errors_by_class == {"bad_channel_definition": 1}
-    assert _load(spark, warehouse, "waveforms").count() == 72  # MERGE: no duplicate
+    assert first.metric_rows == 5 * 13
+    assert _load(spark, warehouse, "waveforms").count() == 72
     assert _load(spark, warehouse, "ecg_metrics").count() == 5 * 13
-    assert {r["run_id"] for r in _load(spark, warehouse, "waveforms").collect()} == {"run-2"}
 
 
 def test_heart_rates_within_2_bpm_and_real_ecg(spark, warehouse):
@@ -125,3 +125,21 @@ def test_scanner_utilization_counts_ecg_carts(spark, warehouse):
     by_station = {r["station_name"]: r["instances"] for r in rows}
     assert by_station["ECG-CART-1"] == 5  # the synthetic files, the bad one included
     assert sum(by_station.values()) == 6  # and pydicom's Mortara cart
+
+
+def test_medspark_run_hook_takes_the_waveforms_of_its_own_run(spark, warehouse):
+    """Runs last: it writes the tables a second time (same rows, run id ingest-1)."""
+    from medspark.metrics.runs import RunRecord
+    from medspark.waveforms.step import waveforms_after_run
+
+    config = warehouse["config"]
+    assert waveforms_after_run(spark, config, RunRecord(run_id="other", job="run")) is None
+    record = RunRecord(run_id="ingest-1", job="run", items_in=8)
+    result = waveforms_after_run(spark, config, record)
+    assert (result.instances, result.channels, result.measured) == (6, 72, 4)
+    assert record.rows_out == {"waveforms": 72, "ecg_metrics": 65, "waveform_errors": 1}
+    assert record.items_in == 8 and record.errors == 1
+    # The re-run updated every row in place (MERGE on the keys) and added none.
+    for table, rows in (("waveforms", 72), ("ecg_metrics", 65), ("waveform_errors", 1)):
+        runs = [r["run_id"] for r in _load(spark, warehouse, table).select("run_id").collect()]
+        assert len(runs) == rows and set(runs) == {"ingest-1"}, table

@@ -246,6 +246,7 @@ class WaveformsResult:
     instances: int
     channels: int
     measured: int  # instances with a heart rate
+    metric_rows: int = 0  # ecg_metrics rows: one per instance and one per analysed lead
     unmeasured: dict[str, int] = field(default_factory=dict)  # reason -> instances
     errors_by_class: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -265,8 +266,11 @@ class WaveformsResult:
         return "\n".join(lines)
 
 
-def run_waveforms(spark: Any, config: Any, run_id: str) -> WaveformsResult:
-    """Read ``scans``, MERGE ``waveforms``, ``ecg_metrics`` and ``waveform_errors``.
+def run_waveforms(
+    spark: Any, config: Any, run_id: str, scans: DataFrame | None = None
+) -> WaveformsResult:
+    """Read ``scans`` (or the given rows of it), MERGE ``waveforms``, ``ecg_metrics`` and
+    ``waveform_errors``.
 
     An instance that decodes now leaves ``waveform_errors`` (an earlier run's error row for it
     is deleted), as ingest clears ``ingest_errors``.
@@ -280,7 +284,8 @@ def run_waveforms(spark: Any, config: Any, run_id: str) -> WaveformsResult:
     start = time.monotonic()
     errors_path = config.table_path("waveform_errors")
     had_errors = DeltaTable.isDeltaTable(spark, errors_path)
-    scans = spark.read.format("delta").load(config.table_path("scans"))
+    if scans is None:
+        scans = spark.read.format("delta").load(config.table_path("scans"))
     instances = waveform_instances(scans).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         n = instances.count()
@@ -291,10 +296,12 @@ def run_waveforms(spark: Any, config: Any, run_id: str) -> WaveformsResult:
         )
         waves, metrics, errors = split_waveforms(rows)
         counts = (
-            rows.where(
-                (F.col("kind") != METRICS) | F.col("lead").isNull()  # instance rows only
+            rows.groupBy(
+                "kind",
+                "error_class",
+                F.col("heart_rate_bpm").isNotNull().alias("hr"),
+                F.col("lead").isNull().alias("instance"),
             )
-            .groupBy("kind", "error_class", F.col("heart_rate_bpm").isNotNull().alias("hr"))
             .agg(F.count("*").alias("n"))
             .collect()
         )
@@ -339,8 +346,10 @@ def run_waveforms(spark: Any, config: Any, run_id: str) -> WaveformsResult:
     for r in counts:
         if r["kind"] == WAVEFORM:
             result.channels += int(r["n"])
-        elif r["kind"] == METRICS and r["hr"]:
-            result.measured += int(r["n"])
+        elif r["kind"] == METRICS:
+            result.metric_rows += int(r["n"])
+            if r["hr"] and r["instance"]:
+                result.measured += int(r["n"])
         elif r["kind"] == ERROR:
             cls = r["error_class"]
             result.errors_by_class[cls] = result.errors_by_class.get(cls, 0) + int(r["n"])
@@ -355,6 +364,20 @@ def record_waveforms(record: Any, result: WaveformsResult) -> None:
     if record.items_in is None:
         record.items_in = result.instances
     record.rows_out["waveforms"] = result.channels
-    record.rows_out["ecg_metrics"] = result.measured + sum(result.unmeasured.values())
+    record.rows_out["ecg_metrics"] = result.metric_rows
     record.rows_out["waveform_errors"] = errors
     record.errors = (record.errors or 0) + errors
+
+
+def waveforms_after_run(spark: Any, config: Any, record: Any) -> WaveformsResult | None:
+    """``medspark run``'s waveforms step: the instances with a waveform that this run wrote to
+    ``scans`` (``scans.run_id``), re-read and analysed; None (and no table touched) when there
+    are none. One more read of those items only: the one executor pass of ``run``
+    (:mod:`medspark.onepass`) does not decode waveforms yet."""
+    scans = spark.read.format("delta").load(config.table_path("scans"))
+    mine = scans.where(F.col("run_id") == record.run_id)
+    if waveform_instances(mine).isEmpty():
+        return None
+    result = run_waveforms(spark, config, record.run_id, mine)
+    record_waveforms(record, result)
+    return result
