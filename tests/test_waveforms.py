@@ -230,3 +230,14 @@ def test_process_instance_rows_and_error_row(tmp_path, test_files):
     assert row["message"].startswith("file:///x/bad.dcm: multiplex group 0: Number of Waveform")
     (row,) = process_instance(b"not dicom at all", key)
     assert row["kind"] == ERROR and row["error_class"] == "not_dicom"
+
+
+def test_lead_names_given_twice_stay_unique(tmp_path):
+    ds = pydicom.dcmread(write_ecg(tmp_path / "e.dcm", 72, duration=6.0))
+    for item in ds.WaveformSequence[0].ChannelDefinitionSequence:
+        item.ChannelSourceSequence[0].CodeMeaning = "Lead II"  # a cart that labels badly
+    summary, leads = analyse_instance(decode_waveforms(ds))
+    names = [m.lead for m in leads]
+    assert len(set(names)) == 12 and names[3] == "Lead II (channel 3)"
+    assert summary.analysis_lead in names  # no lead is plain "Lead II": the best quality one
+    assert abs(summary.heart_rate_bpm - 72) <= 2

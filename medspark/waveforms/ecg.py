@@ -207,9 +207,11 @@ def analyse_instance(channels: Sequence[Channel]) -> tuple[EcgMetrics, list[EcgM
     if group is None:
         return EcgMetrics(lead=None, reason="no ECG lead: no channel in volts"), []
     per_lead = []
-    for c in leads:
+    names = [c.lead or f"channel {c.channel}" for c in leads]
+    for c, name in zip(leads, names, strict=True):
         m = analyse_lead(c.samples.astype(np.float64) * TO_MV[c.units or ""], c.sampling_frequency)
-        m.lead = c.lead or f"channel {c.channel}"
+        # ecg_metrics is keyed by (instance, lead): a lead name given twice gets its channel.
+        m.lead = name if names.count(name) == 1 else f"{name} (channel {c.channel})"
         m.group = group
         per_lead.append(m)
     first = leads[0]
