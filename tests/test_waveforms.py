@@ -241,3 +241,30 @@ def test_lead_names_given_twice_stay_unique(tmp_path):
     assert len(set(names)) == 12 and names[3] == "Lead II (channel 3)"
     assert summary.analysis_lead in names  # no lead is plain "Lead II": the best quality one
     assert abs(summary.heart_rate_bpm - 72) <= 2
+
+
+def test_waveform_batches_reread_check_sha_and_cut_batches(tmp_path, test_files):
+    import hashlib
+
+    import pandas as pd
+
+    from medspark.sources.archives import to_uri
+    from medspark.waveforms.step import WaveformSettings, waveform_batches
+
+    files = [write_ecg(tmp_path / f"e{r}.dcm", r, duration=6.0) for r in (60, 90)]
+    uris = [to_uri(str(p)) for p in files]
+    shas = [hashlib.sha256(files[0].read_bytes()).hexdigest(), "0" * 64]  # the 2nd changed
+    batch = pd.DataFrame(
+        {"sop_instance_uid": ["a", "b"], "source_uri": uris, "archive_member": [None, None]}
+    ).assign(sha256=shas)
+    settings = WaveformSettings(samples_per_batch=12 * 3000)  # one 6 s 500 Hz ECG per batch
+    out = list(waveform_batches(iter([batch]), settings))
+    assert len(out) == 2  # cut after the first instance's 36,000 samples
+    first, second = out
+    assert (first["kind"] == "waveform").sum() == 12 and first["sop_instance_uid"].eq("a").all()
+    instance = first[(first["kind"] == "metrics") & first["lead"].isna()].iloc[0]
+    assert abs(instance["heart_rate_bpm"] - 60) <= 2
+    assert first["samples"].iloc[0].dtype == np.float32
+    (row,) = second.itertuples()
+    assert (row.kind, row.error_class) == ("error", "source_changed")
+    assert "changed since ingest" in row.message

@@ -66,6 +66,9 @@ class WaveformSettings:
 
     limits: Any = None  # medspark.sources.archives.Limits (None: the defaults)
     instances_per_batch: int = 16  # a 12-lead 10 s ECG at 500 Hz is ~240 KB of float32
+    # ... but a 24 h Holter (3 leads at 200 Hz) is ~200 MB: a batch is also cut after this
+    # many samples (64 MB of float32), so one Arrow batch stays far below its 2 GB bound.
+    samples_per_batch: int = 16_000_000
 
 
 def waveform_instances(scans: DataFrame) -> DataFrame:
@@ -171,7 +174,7 @@ def waveform_batches(batches: Iterator[Any], settings: WaveformSettings) -> Iter
     columns = WAVEFORM_ROWS.fieldNames()
     method = method_text()
     out: list[dict[str, Any]] = []
-    done = 0
+    done = held = 0
 
     def frame(rows: list[dict[str, Any]]) -> Any:
         records = []
@@ -203,11 +206,13 @@ def waveform_batches(batches: Iterator[Any], settings: WaveformSettings) -> Iter
                     out.append(error_row(key, *problem))
                 else:
                     assert isinstance(content, bytes)
-                    out.extend(process_instance(content, key, settings.limits, method))
+                    rows = process_instance(content, key, settings.limits, method)
+                    out.extend(rows)
+                    held += sum(int(r.get("n_samples") or 0) for r in rows)
                 done += 1
-                if done % settings.instances_per_batch == 0:
+                if done % settings.instances_per_batch == 0 or held >= settings.samples_per_batch:
                     yield frame(out)
-                    out = []
+                    out, held = [], 0
     if out:
         yield frame(out)
 
