@@ -16,7 +16,9 @@ executor. :func:`run_waveforms` is the job (``medspark waveforms``): it reads ``
 MERGEs the three tables.
 
 De-identification: rows are keyed by the pseudonymous SOP Instance UID of ``scans``; the
-re-read file's own identifiers never leave the executor. Of the waveform attributes PS3.15
+re-read file's own identifiers never leave the executor. Files are read at their paths from
+``restricted_locations`` and rows written with the location keys of ``scans`` (paths are
+identity: docs/deid.md), as preprocess does. Of the waveform attributes PS3.15
 Table E.1-1 removes Channel Label (003A,0203), Multiplex Group Label (003A,0020) and the
 filter descriptions: none of them is stored. The lead name is the Code Meaning of the Channel
 Source Sequence (003A,0208), a coded term.
@@ -283,6 +285,12 @@ def run_waveforms(
     from delta.tables import DeltaTable
     from pyspark import StorageLevel
 
+    from medspark.dicom.deid import (
+        ORIGINAL_LOCATION,
+        locate_sources,
+        pseudonymizer_from_config,
+        restore_sources,
+    )
     from medspark.onepass import limits
     from medspark.tables.writers import concurrently, delete_matching, merge_into
 
@@ -291,7 +299,18 @@ def run_waveforms(
     had_errors = DeltaTable.isDeltaTable(spark, errors_path)
     if scans is None:
         scans = spark.read.format("delta").load(config.table_path("scans"))
-    instances = waveform_instances(scans).persist(StorageLevel.MEMORY_AND_DISK)
+    # Files are read at their paths (restricted_locations); rows are written with the location
+    # keys of scans (the paths are identity), as preprocess does.
+    locations_path = config.table_path("restricted_locations")
+    locations = (
+        spark.read.format("delta").load(locations_path)
+        if DeltaTable.isDeltaTable(spark, locations_path)
+        else None
+    )
+    pseudonymizer = pseudonymizer_from_config(config.deid)
+    instances = restore_sources(waveform_instances(scans), locations).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
     try:
         n = instances.count()
         partitions = max(1, min(n, 2 * spark.sparkContext.defaultParallelism))
@@ -300,6 +319,8 @@ def run_waveforms(
             StorageLevel.MEMORY_AND_DISK
         )
         waves, metrics, errors = split_waveforms(rows)
+        waves = locate_sources(waves, pseudonymizer).drop(*ORIGINAL_LOCATION)
+        errors = locate_sources(errors, pseudonymizer, "message").drop(*ORIGINAL_LOCATION)
         counts = (
             rows.groupBy(
                 "kind",
