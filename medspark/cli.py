@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(pre)
 
+    wave = sub.add_parser(
+        "waveforms",
+        help="decode the waveforms (ECG) of scans, write waveforms, ecg_metrics, waveform_errors",
+    )
+    _common(wave)
+
     run = sub.add_parser("run", help="ingest, preprocess and infer in one Spark application")
     run.add_argument("sources", nargs="+", help="directories, DICOM files, zip/tar/tar.gz")
     _common(run)
@@ -285,6 +291,21 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_waveforms(args: argparse.Namespace) -> int:
+    from medspark.waveforms.step import record_waveforms, run_waveforms
+
+    def step(spark: Any, config: Any, record: Any) -> Any:
+        result = run_waveforms(spark, config, record.run_id)
+        record_waveforms(record, result)
+        return result
+
+    config, result = _recorded(args, "waveforms", step)
+    print(result.summary())
+    tables = ("waveforms", "ecg_metrics", "waveform_errors")
+    print("tables: " + ", ".join(config.table_path(t) for t in tables))
+    return 0
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     from medspark.pipeline import infer, record_infer
 
@@ -313,7 +334,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         plans.append(prepare_pass(args.sources, config, args.master or config.spark.master))
 
     def step(spark: Any, config: Any, record: Any) -> Any:
-        return run_all(spark, args.sources, config, record, plans[0] if plans else None)
+        from medspark.waveforms.step import waveforms_after_run
+
+        results = run_all(spark, args.sources, config, record, plans[0] if plans else None)
+        waves = waveforms_after_run(spark, config, record)  # None: no waveform in this run
+        return (*results, waves) if waves is not None else results
 
     config, results = _recorded(args, "run", step, meanwhile=prepare)
     for result in results:
@@ -369,6 +394,7 @@ COMMANDS = {
     "ingest": cmd_ingest,
     "ingest-stream": cmd_ingest_stream,
     "preprocess": cmd_preprocess,
+    "waveforms": cmd_waveforms,
     "infer": cmd_infer,
     "run": cmd_run,
     "evaluate": cmd_evaluate,

@@ -265,6 +265,11 @@ class TablesConfig:
     scanner_utilization: str = field(
         default="scanner_utilization", metadata=_meta(pattern=_TABLE_NAME.pattern)
     )
+    waveforms: str = field(default="waveforms", metadata=_meta(pattern=_TABLE_NAME.pattern))
+    ecg_metrics: str = field(default="ecg_metrics", metadata=_meta(pattern=_TABLE_NAME.pattern))
+    waveform_errors: str = field(
+        default="waveform_errors", metadata=_meta(pattern=_TABLE_NAME.pattern)
+    )
     restricted_acquisitions: str = field(
         default="restricted_acquisitions", metadata=_meta(pattern=r"^restricted_[A-Za-z0-9_]*$")
     )

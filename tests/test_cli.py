@@ -36,6 +36,7 @@ def test_unknown_model_exits_2_before_spark(tmp_path, capsys):
         (["ingest", "{tmp}", "--warehouse", "{tmp}/wh", "--master", "nonsense"], "nonsense"),
         (["run", "{tmp}", "--warehouse", "{tmp}/wh", "--master", "local[abc]"], "local[abc]"),
         (["ingest", "{tmp}", "--warehouse", "{tmp}/file.txt"], "file.txt"),
+        (["waveforms", "--warehouse", "{tmp}/file.txt"], "file.txt"),
     ],
 )
 def test_bad_invocation_exits_2_before_spark(tmp_path, capsys, argv, named):

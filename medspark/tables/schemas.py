@@ -466,6 +466,120 @@ SCANNER_UTILIZATION = StructType(
     ]
 )
 
+_WAVEFORM_KEY: list[StructField] = [
+    _f("sop_instance_uid", StringType(), False, "the instance (scans.sop_instance_uid)"),
+    _f(
+        "multiplex_group",
+        IntegerType(),
+        False,
+        "0-based item of the Waveform Sequence (5400,0100); not named group: an SQL keyword",
+    ),
+    _f("channel", IntegerType(), False, "0-based item of the Channel Definition Sequence"),
+]
+
+#: ``waveforms``: one row per instance x multiplex group x channel, samples in physical units.
+#: De-identified: the instance key is the pseudonym of ``scans``; Channel Label (003A,0203) and
+#: Multiplex Group Label (003A,0020), free text that PS3.15 E.1-1 removes, are not stored.
+WAVEFORMS = StructType(
+    _WAVEFORM_KEY
+    + [
+        _f(
+            "lead",
+            StringType(),
+            True,
+            "Code Meaning of Channel Source Sequence (003A,0208), e.g. Lead II",
+        ),
+        _f("lead_code", StringType(), True, "its Code Value, e.g. 5.6.3-9-2 (SCPECG) or MDC"),
+        _f(
+            "units",
+            StringType(),
+            True,
+            "Channel Sensitivity Units (003A,0211) code (UCUM, e.g. uV); null: raw, no units",
+        ),
+        _f("units_meaning", StringType(), True, "its Code Meaning, e.g. microvolt"),
+        _f("sampling_frequency", DoubleType(), False, "Sampling Frequency (003A,001A), Hz"),
+        _f("n_samples", IntegerType(), False, "Number of Waveform Samples (003A,0010)"),
+        _f("duration_s", DoubleType(), False, "n_samples / sampling_frequency"),
+        _f(
+            "samples",
+            ArrayType(FloatType(), False),
+            False,
+            "raw x Channel Sensitivity x Correction Factor + Channel Baseline, in units",
+        ),
+        _f("channel_sensitivity", DoubleType(), True, "Channel Sensitivity (003A,0210)"),
+        _f("correction_factor", DoubleType(), True, "Channel Sensitivity Correction Factor"),
+        _f("channel_baseline", DoubleType(), True, "Channel Baseline (003A,0213), in units"),
+        _f(
+            "sample_interpretation",
+            StringType(),
+            True,
+            "Waveform Sample Interpretation (5400,1006): SS, US, SB, UB, MB, AB, ...",
+        ),
+        _f("bits_allocated", IntegerType(), True, "Waveform Bits Allocated (5400,1004)"),
+        _f("originality", StringType(), True, "Waveform Originality (003A,0004)"),
+        _f("source_uri", StringType(), True, "where the instance was read from"),
+        _f("archive_member", StringType(), True, "member inside the archive; null: loose file"),
+    ]
+    + _RUN_FIELDS
+    + [_f("processed_at", TimestampType(), False, "when this row was written (UTC)")]
+)
+
+#: ``ecg_metrics``: per instance (``lead`` null) and per lead of the analysed multiplex group.
+ECG_METRICS = StructType(
+    [
+        _f("sop_instance_uid", StringType(), False, "the instance (scans.sop_instance_uid)"),
+        _f(
+            "lead",
+            StringType(),
+            True,
+            "null: the instance's row (what most queries want); else the lead's own row",
+        ),
+        _f("multiplex_group", IntegerType(), True, "the group analysed (longest in volts)"),
+        _f("heart_rate_bpm", DoubleType(), True, "60 / mean RR; null when not measurable"),
+        _f("rr_mean_ms", DoubleType(), True, "mean RR interval"),
+        _f("rr_sd_ms", DoubleType(), True, "standard deviation of RR intervals (SDNN)"),
+        _f("n_beats", IntegerType(), True, "R peaks found"),
+        _f("pr_ms", DoubleType(), True, "P onset to QRS onset; instance: median over leads"),
+        _f("qrs_ms", DoubleType(), True, "QRS onset to offset; instance: median over leads"),
+        _f("qt_ms", DoubleType(), True, "QRS onset to T offset; instance: median over leads"),
+        _f("qtc_ms", DoubleType(), True, "QT / sqrt(RR in s) (Bazett)"),
+        _f(
+            "quality",
+            DoubleType(),
+            True,
+            "mean correlation of each beat with the median beat (-1..1; under 0.8: noisy)",
+        ),
+        _f("analysis_lead", StringType(), True, "instance row: lead of rate, RR and quality"),
+        _f("leads_measured", IntegerType(), True, "instance row: leads with a heart rate"),
+        _f("duration_s", DoubleType(), True, "length of the analysed record"),
+        _f("sampling_frequency", DoubleType(), True, "Hz"),
+        _f("reason", StringType(), True, "why the metrics are null (too short, flat, noisy)"),
+        _f("method", StringType(), True, "library and version that measured, e.g. neurokit2"),
+    ]
+    + _RUN_FIELDS
+    + [_f("computed_at", TimestampType(), False, "when this row was written (UTC)")]
+)
+
+#: ``waveform_errors``: an instance with a Waveform Sequence that could not be decoded.
+WAVEFORM_ERRORS = StructType(
+    [
+        _f("sop_instance_uid", StringType(), False, "the instance (scans.sop_instance_uid)"),
+        _f("multiplex_group", IntegerType(), True, "the bad group; null: the whole instance"),
+        _f("source_uri", StringType(), True),
+        _f("archive_member", StringType(), True),
+        _f(
+            "error_class",
+            StringType(),
+            False,
+            "bad_channel_definition, waveform_data_too_short, unsupported_waveform, "
+            "waveform_too_large, no_waveform, unreadable_waveform, source_changed, unreadable",
+        ),
+        _f("message", StringType(), False, "the reason, naming the file"),
+    ]
+    + _RUN_FIELDS
+    + [_f("recorded_at", TimestampType(), False, "when this row was written (UTC)")]
+)
+
 #: Table name (config key under ``tables``) -> (schema, merge key columns).
 TABLES: dict[str, tuple[StructType, tuple[str, ...]]] = {
     "scans": (SCANS, ("sop_instance_uid",)),
@@ -482,4 +596,7 @@ TABLES: dict[str, tuple[StructType, tuple[str, ...]]] = {
     "restricted_acquisitions": (RESTRICTED_ACQUISITIONS, ("sop_instance_uid",)),
     "restricted_images": (RESTRICTED_IMAGES, ("sop_instance_uid", "frame")),
     "restricted_locations": (RESTRICTED_LOCATIONS, ("source_uri", "archive_member")),
+    "waveforms": (WAVEFORMS, ("sop_instance_uid", "multiplex_group", "channel")),
+    "ecg_metrics": (ECG_METRICS, ("sop_instance_uid", "lead")),
+    "waveform_errors": (WAVEFORM_ERRORS, ("sop_instance_uid",)),
 }

@@ -1,0 +1,1 @@
+"""DICOM waveforms (ECG): decoding into physical units, ECG metrics, the Spark step."""
