@@ -241,6 +241,18 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class VolumesConfig:
+    """Series as volumes (see medspark.volumes and docs/volumes.md)."""
+
+    # ingest and run rebuild the series table rows of the series they touched.
+    series: bool = True
+    # One series is assembled in one task; a series of more voxels (slices x rows x columns)
+    # is an error row with its size instead of an executor out of memory. 2**27 voxels are
+    # 512 MiB as float32.
+    max_voxels: int = field(default=2**27, metadata=_meta(minimum=1))
+
+
+@dataclass(frozen=True)
 class TablesConfig:
     """Delta table names under the warehouse directory."""
 
@@ -269,6 +281,7 @@ class TablesConfig:
     restricted_images: str = field(
         default="restricted_images", metadata=_meta(pattern=r"^restricted_[A-Za-z0-9_]*$")
     )
+    series: str = field(default="series", metadata=_meta(pattern=_TABLE_NAME.pattern))
 
 
 @dataclass(frozen=True)
@@ -289,6 +302,7 @@ class PipelineConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     deid: DeidConfig = field(default_factory=DeidConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    volumes: VolumesConfig = field(default_factory=VolumesConfig)
     tables: TablesConfig = field(default_factory=TablesConfig)
 
     def table_path(self, name: str) -> str:

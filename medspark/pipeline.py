@@ -58,6 +58,7 @@ from medspark.tables.writers import (
     merge_into,
     replace_table,
 )
+from medspark.volumes.series import refresh_series
 
 __all__ = [
     "DUPLICATE_COPY",
@@ -178,8 +179,13 @@ def ingest(
             _record_acquisitions(spark, config, candidates, scans)
             _rebuild_utilization(spark, config, run_id)
 
+        def write_scans() -> dict[str, int]:
+            counts = merge_into(spark, scans.withColumns(stamp), scans_path, "scans", metrics=True)
+            refresh_series(spark, config, scans, run_id)  # series rebuilt from the new scans
+            return counts
+
         steps = [
-            lambda: merge_into(spark, scans.withColumns(stamp), scans_path, "scans", metrics=True),
+            write_scans,
             write_errors,
             write_acquisitions,
         ]
@@ -624,12 +630,17 @@ def run_all(
         known = (lambda count: count) if exact else (lambda count: None)
         n_frame_errors = sum(int(r["n"]) for r in stats if r["kind"] == FRAME and r["error_class"])
         n_labels = sum(int(r["n"]) for r in stats if r["kind"] == FRAME and r["label"])
+
+        def write_scans() -> dict[str, int]:
+            stamped = kept.withColumns(
+                {"run_id": F.lit(run_id), "ingested_at": F.current_timestamp()}
+            )
+            counts = write(stamped, "scans", known(n_scans))
+            refresh_series(spark, config, kept, run_id)  # series rebuilt from the new scans
+            return counts
+
         steps = [
-            lambda: write(
-                kept.withColumns({"run_id": F.lit(run_id), "ingested_at": F.current_timestamp()}),
-                "scans",
-                known(n_scans),
-            ),
+            write_scans,
             lambda: write(
                 errors.withColumns({"run_id": F.lit(run_id), "recorded_at": F.current_timestamp()}),
                 "ingest_errors",

@@ -429,6 +429,66 @@ SCANNER_UTILIZATION = StructType(
     ]
 )
 
+#: One ``series`` row before its run fields: what :func:`medspark.volumes.series.summarise_series`
+#: returns (see :mod:`medspark.volumes.geometry` for the verdicts).
+SERIES_SUMMARY = StructType(
+    [
+        _f(
+            "series_instance_uid",
+            StringType(),
+            False,
+            "Series Instance UID (0020,000E), pseudonymous",
+        ),
+        _f(
+            "study_instance_uid", StringType(), True, "Study Instance UID (0020,000D), pseudonymous"
+        ),
+        _f("patient_id", StringType(), True, "pseudonymous patient key (as in scans)"),
+        _f("modality", StringType(), True, "Modality (0008,0060), most common in the series"),
+        _f("body_part_examined", StringType(), True, "Body Part Examined (0018,0015)"),
+        _f("station_name", StringType(), True, "Station Name (0008,1010)"),
+        _f("instances", LongType(), False, "instances (scans rows) in the series"),
+        _f("pixel_instances", LongType(), False, "instances with pixel data"),
+        _f("frames", LongType(), False, "frames of the pixel instances (slices)"),
+        _f("rows", IntegerType(), True, "Rows (0028,0010) of the first slice"),
+        _f("columns", IntegerType(), True, "Columns (0028,0011) of the first slice"),
+        _f("pixel_spacing", _DOUBLES, True, "Pixel Spacing (0028,0030) [row, col] mm"),
+        _f(
+            "slice_spacing",
+            DoubleType(),
+            True,
+            "median step between slices along the normal of Image Orientation (Patient), mm",
+        ),
+        _f("slice_thickness", DoubleType(), True, "Slice Thickness (0018,0050) mm, most common"),
+        _f("first_position", _DOUBLES, True, "Image Position (Patient) of the first slice, mm LPS"),
+        _f("last_position", _DOUBLES, True, "Image Position (Patient) of the last slice, mm LPS"),
+        _f("orientation", _DOUBLES, True, "Image Orientation (Patient) (0020,0037)"),
+        _f(
+            "affine",
+            _DOUBLES,
+            True,
+            "4x4 row-major, (slice, row, column, 1) -> LPS mm; regular or single_slice only",
+        ),
+        _f("first_acquisition", TimestampNTZType(), True, "earliest acquisition (as in scans)"),
+        _f("last_acquisition", TimestampNTZType(), True, "latest acquisition (as in scans)"),
+        _f("acquisition_seconds", DoubleType(), True, "last minus first acquisition, seconds"),
+        _f(
+            "verdict",
+            StringType(),
+            False,
+            "regular, or why not: no_geometry, single_slice, mixed_orientation, mixed_size, "
+            "duplicate_positions, gantry_tilt, missing_slices, varying_spacing",
+        ),
+        _f("verdict_detail", StringType(), True, "what failed and where; null when regular"),
+    ]
+)
+
+#: ``series``: one row per series, from ``scans`` (no pixel read), key ``series_instance_uid``.
+SERIES = StructType(
+    SERIES_SUMMARY.fields
+    + _RUN_FIELDS
+    + [_f("computed_at", TimestampType(), False, "when this row was written (UTC)")]
+)
+
 #: Table name (config key under ``tables``) -> (schema, merge key columns).
 TABLES: dict[str, tuple[StructType, tuple[str, ...]]] = {
     "scans": (SCANS, ("sop_instance_uid",)),
@@ -444,4 +504,5 @@ TABLES: dict[str, tuple[StructType, tuple[str, ...]]] = {
     "scanner_utilization": (SCANNER_UTILIZATION, ("modality", "station_name", "day")),
     "restricted_acquisitions": (RESTRICTED_ACQUISITIONS, ("sop_instance_uid",)),
     "restricted_images": (RESTRICTED_IMAGES, ("sop_instance_uid", "frame")),
+    "series": (SERIES, ("series_instance_uid",)),
 }
