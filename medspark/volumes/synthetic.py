@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["sphere_hu", "sphere_volume_ml", "write_series"]
+__all__ = ["save_threshold_model", "sphere_hu", "sphere_volume_ml", "write_series"]
 
 
 def sphere_volume_ml(radius_mm: float) -> float:
@@ -119,3 +119,22 @@ def write_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def save_threshold_model(path: str | Path, threshold: float = 0.5) -> Path:
+    """A TorchScript "model" that labels voxels above ``threshold`` (two channels: background,
+    foreground): for tests and the demo of the volume path, not a trained model."""
+    import torch
+
+    class Threshold(torch.nn.Module):
+        def __init__(self, t: float) -> None:
+            super().__init__()
+            self.t = t
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            fg = (x > self.t).to(x.dtype)
+            return torch.cat([1.0 - fg, fg], dim=1)
+
+    path = Path(path)
+    torch.jit.save(torch.jit.script(Threshold(threshold)), str(path))
+    return path
