@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("sources", nargs="+", help="directories, DICOM files, zip/tar/tar.gz")
     _common(run)
 
+    vol = sub.add_parser(
+        "volumes",
+        help="rebuild the series table; with volumes.model, segment each series as a volume",
+    )
+    _common(vol)
+
     inf = sub.add_parser("infer", help="run a model on the images tensors, write predictions")
     inf.add_argument("--model", help="model name from inference.models (default: inference.model)")
     _common(inf)
@@ -255,6 +261,27 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_volumes(args: argparse.Namespace) -> int:
+    from medspark.volumes.steps import volumes
+
+    def step(spark: Any, config: Any, record: Any) -> Any:
+        result = volumes(spark, config, record.run_id)
+        record.items_in = result.series
+        record.rows_out["series"] = result.series
+        if result.model is not None:
+            record.uses_torch = True
+            record.rows_out["series_segments"] = result.segments
+            record.rows_out["series_errors"] = sum(result.errors_by_class.values())
+            record.errors = (record.errors or 0) + sum(result.errors_by_class.values())
+        return result
+
+    config, result = _recorded(args, "volumes", step)
+    print(result.summary())
+    names = ("series", "series_segments", "series_errors")
+    print("tables: " + ", ".join(config.table_path(n) for n in names))
+    return 0
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     from medspark.pipeline import infer, record_infer
 
@@ -340,6 +367,7 @@ COMMANDS = {
     "ingest-stream": cmd_ingest_stream,
     "preprocess": cmd_preprocess,
     "infer": cmd_infer,
+    "volumes": cmd_volumes,
     "run": cmd_run,
     "evaluate": cmd_evaluate,
     "train-demo": cmd_train_demo,

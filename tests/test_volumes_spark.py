@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medspark.config import PipelineConfig, with_overrides
-from medspark.volumes.synthetic import sphere_hu, write_series
+from medspark.config import PipelineConfig, VolumeModelConfig, VolumesConfig, with_overrides
+from medspark.volumes.synthetic import (
+    save_threshold_model,
+    sphere_hu,
+    sphere_volume_ml,
+    write_series,
+)
 
 # Anisotropic CT: 2.5 mm between slices, 0.8 x 0.7 mm pixels (rows, columns).
 SPACING = (2.5, 0.8, 0.7)
@@ -19,6 +24,7 @@ UIDS = {
     "sphere": "1.2.826.0.1.3680043.8.498.11",
     "missing": "1.2.826.0.1.3680043.8.498.12",
     "mixed": "1.2.826.0.1.3680043.8.498.13",
+    "corrupt": "1.2.826.0.1.3680043.8.498.14",
 }
 
 
@@ -40,11 +46,16 @@ def volumes_warehouse(spark, tmp_path_factory):
         first_slice=3,
         seed=3,
     )
+    corrupt = write_series(
+        src / "d", hu[:6], SPACING, series_uid=UIDS["corrupt"], study_uid=STUDY, seed=4
+    )
     config = with_overrides(PipelineConfig(), warehouse=str(tmp_path_factory.mktemp("vol_wh")))
     from medspark.pipeline import ingest
 
     ingest(spark, [str(src)], config)
-    return {"config": config, "hu": hu}
+    data = corrupt[2].read_bytes()
+    corrupt[2].write_bytes(data[:-100])  # a slice damaged after ingest
+    return {"config": config, "hu": hu, "corrupt": corrupt[2]}
 
 
 def _rows(spark, config, name):
@@ -56,6 +67,7 @@ def test_series_table_after_ingest(spark, volumes_warehouse, pseudo):
     by_uid = {r["series_instance_uid"]: r for r in _rows(spark, config, "series")}
     # Keys are the pseudonyms scans holds, never the original UIDs.
     assert set(by_uid) == {pseudo.uid(u) for u in UIDS.values()}
+    assert len(by_uid) == 4
     scans_series = {r["series_instance_uid"] for r in _rows(spark, config, "scans")}
     assert set(by_uid) == scans_series
 
@@ -84,3 +96,39 @@ def test_series_table_after_ingest(spark, volumes_warehouse, pseudo):
 
     mixed = by_uid[pseudo.uid(UIDS["mixed"])]
     assert mixed["verdict"] == "mixed_size" and "20x20" in mixed["verdict_detail"]
+
+
+def test_volumes_segments_the_sphere_and_reports_bad_series(
+    spark, volumes_warehouse, pseudo, tmp_path
+):
+    from medspark.volumes.steps import volumes
+
+    model = save_threshold_model(tmp_path / "threshold.ts", 0.5)
+    volume_config = VolumesConfig(
+        target_spacing=[1.0, 1.0, 1.0],
+        intensity_range=[-900.0, 60.0],
+        model=VolumeModelConfig(
+            path=str(model), labels=["sphere"], name="threshold", version="1", roi_size=[32] * 3
+        ),
+    )
+    config = with_overrides(volumes_warehouse["config"], volumes=volume_config)
+    result = volumes(spark, config, "test-volumes-run")
+    assert (result.series, result.segmented, result.segments) == (4, 1, 1)
+    assert result.errors_by_class == {"irregular_series": 2, "source_changed": 1}
+
+    (seg,) = _rows(spark, config, "series_segments")
+    assert seg["series_instance_uid"] == pseudo.uid(UIDS["sphere"])
+    assert (seg["label"], seg["model"], seg["model_version"]) == ("sphere", "threshold", "1")
+    truth = sphere_volume_ml(RADIUS)
+    assert abs(seg["volume_ml"] - truth) / truth < 0.03
+    center = np.array(ORIGIN) + [CENTER[2], CENTER[1], CENTER[0]]  # LPS: i->x, j->y, k->z
+    assert np.linalg.norm(np.array(seg["centroid"]) - center) < min(SPACING)
+    assert seg["slices"] == 16 and seg["voxel_spacing"] == pytest.approx([1.0, 1.0, 1.0])
+
+    errors = {r["series_instance_uid"]: r for r in _rows(spark, config, "series_errors")}
+    assert errors[pseudo.uid(UIDS["missing"])]["error_class"] == "irregular_series"
+    assert "missing_slices" in errors[pseudo.uid(UIDS["missing"])]["message"]
+    assert "mixed_size" in errors[pseudo.uid(UIDS["mixed"])]["message"]
+    damaged = errors[pseudo.uid(UIDS["corrupt"])]
+    assert damaged["error_class"] == "source_changed"
+    assert volumes_warehouse["corrupt"].name in damaged["message"]

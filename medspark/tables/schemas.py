@@ -489,6 +489,88 @@ SERIES = StructType(
     + [_f("computed_at", TimestampType(), False, "when this row was written (UTC)")]
 )
 
+_LPS = "three doubles, mm, patient coordinates LPS"
+
+#: What the volume task returns per series: one row per label, or one error row.
+VOLUME_OUT = StructType(
+    [
+        _f("series_instance_uid", StringType(), False, "Series Instance UID, pseudonymous"),
+        _f("model", StringType(), False, "model name (volumes.model.name)"),
+        _f("model_version", StringType(), False, "model version"),
+        _f("label", StringType(), True, "label name (volumes.model.labels)"),
+        _f("label_value", IntegerType(), True, "the label's value in the mask, 1-based"),
+        _f("voxel_count", LongType(), True, "voxels of the label in the segmented grid"),
+        _f("volume_ml", DoubleType(), True, "voxel_count x voxel volume of the segmented grid, mL"),
+        _f("centroid", _DOUBLES, True, "mean of the label's voxel centres; " + _LPS),
+        _f("bbox_min", _DOUBLES, True, "smallest x, y, z of the label's voxel centres; " + _LPS),
+        _f("bbox_max", _DOUBLES, True, "largest x, y, z of the label's voxel centres; " + _LPS),
+        _f("slices", IntegerType(), True, "slices of the assembled volume"),
+        _f(
+            "voxel_spacing",
+            _DOUBLES,
+            True,
+            "spacing of the segmented grid [slice, row, column] mm (after resampling)",
+        ),
+        _f(
+            "grid_shape",
+            ArrayType(IntegerType(), False),
+            True,
+            "shape of the segmented grid [slices, rows, columns]",
+        ),
+        _f("seconds_assemble", DoubleType(), True, "read + decode + stack of the series"),
+        _f("seconds_preprocess", DoubleType(), True, "3D chain"),
+        _f("seconds_infer", DoubleType(), True, "sliding-window inference"),
+        _f("rss_bytes", LongType(), True, "Python worker resident memory after the series"),
+        _f("error_class", StringType(), True),
+        _f("error_message", StringType(), True),
+    ]
+)
+
+_VOLUME_OUT_BY_NAME = {f.name: f for f in VOLUME_OUT.fields}
+
+#: ``series_segments``: one row per series x model version x label.
+SERIES_SEGMENTS = StructType(
+    [
+        _VOLUME_OUT_BY_NAME[n]
+        for n in (
+            "series_instance_uid",
+            "label",
+            "label_value",
+            "model",
+            "model_version",
+            "voxel_count",
+            "volume_ml",
+            "centroid",
+            "bbox_min",
+            "bbox_max",
+            "slices",
+            "voxel_spacing",
+            "grid_shape",
+        )
+    ]
+    + _RUN_FIELDS
+    + [_f("segmented_at", TimestampType(), False, "when this row was written (UTC)")]
+)
+
+#: ``series_errors``: a series that could not be assembled or segmented by a model version.
+SERIES_ERRORS = StructType(
+    [
+        _VOLUME_OUT_BY_NAME["series_instance_uid"],
+        _VOLUME_OUT_BY_NAME["model"],
+        _VOLUME_OUT_BY_NAME["model_version"],
+        _f(
+            "error_class",
+            StringType(),
+            False,
+            "irregular_series, series_too_large, not_monochrome, unreadable, source_changed, "
+            "undecodable_file, undecodable_frame, segmentation_failed (or the reader's class)",
+        ),
+        _f("message", StringType(), False, "the reason, naming the series (and instance, frame)"),
+    ]
+    + _RUN_FIELDS
+    + [_f("recorded_at", TimestampType(), False, "when this row was written (UTC)")]
+)
+
 #: Table name (config key under ``tables``) -> (schema, merge key columns).
 TABLES: dict[str, tuple[StructType, tuple[str, ...]]] = {
     "scans": (SCANS, ("sop_instance_uid",)),
@@ -505,4 +587,9 @@ TABLES: dict[str, tuple[StructType, tuple[str, ...]]] = {
     "restricted_acquisitions": (RESTRICTED_ACQUISITIONS, ("sop_instance_uid",)),
     "restricted_images": (RESTRICTED_IMAGES, ("sop_instance_uid", "frame")),
     "series": (SERIES, ("series_instance_uid",)),
+    "series_segments": (
+        SERIES_SEGMENTS,
+        ("series_instance_uid", "model", "model_version", "label"),
+    ),
+    "series_errors": (SERIES_ERRORS, ("series_instance_uid", "model", "model_version")),
 }
