@@ -233,3 +233,32 @@ def test_multiframe_without_per_frame_positions_has_no_geometry():
     }
     geo = analyse_series(slices_of_instance(row))
     assert geo.verdict == NO_GEOMETRY and "3 of 3 slices" in geo.detail
+
+
+def _real(test_files, *names):
+    from medspark.dicom.header import parse_header
+
+    rows = [parse_header((test_files / n).read_bytes(), n) for n in names]
+    return [s for r in rows for s in slices_of_instance(r)]
+
+
+def test_real_files(test_files):
+    """pydicom's real files: an RT Dose grid placed by Grid Frame Offset Vector (3004,000C),
+    one MR image in three encodings (same place), an enhanced SEG whose per-frame groups do not
+    match its frame count."""
+    dose = analyse_series(_real(test_files, "rtdose.dcm"))
+    assert dose.verdict == REGULAR and len(dose.order) == 15
+    assert dose.slice_spacing == pytest.approx(5.0)
+    assert dose.first_position == pytest.approx((189.43125, 199.43125, -761.87))
+    assert dose.last_position == pytest.approx((189.43125, 199.43125, -691.87))
+    assert (dose.rows, dose.columns, dose.pixel_spacing) == (10, 10, (10.0, 10.0))
+
+    mr = analyse_series(
+        _real(test_files, "MR_small.dcm", "MR_small_RLE.dcm", "MR_small_bigendian.dcm")
+    )
+    assert mr.verdict == DUPLICATE_POSITIONS
+    assert "2 slices share a position with another, at 6.6406 mm" in mr.detail
+
+    seg = analyse_series(_real(test_files, "liver_1frame.dcm"))
+    assert seg.verdict == NO_GEOMETRY
+    assert "has 3 items for 1 frames" in seg.detail

@@ -137,6 +137,8 @@ class Slice:
     pixel_spacing: tuple[float, float] | None = None
     #: Slice Thickness (0018,0050), mm.
     thickness: float | None = None
+    #: Why the slice has no position, when the header says more than that it is absent.
+    note: str | None = None
 
 
 @dataclass
@@ -195,7 +197,7 @@ def analyse_series(slices: Sequence[Slice], tol: Tolerances | None = None) -> Se
             NO_GEOMETRY,
             f"{len(lacking)} of {n} slices lack Image Position (Patient) (0020,0032) or "
             f"Image Orientation (Patient) (0020,0037), e.g. {example.sop_instance_uid} "
-            f"frame {example.frame}",
+            f"frame {example.frame}" + (f" ({example.note})" if example.note else ""),
             rows=slices[0].rows,
             columns=slices[0].columns,
         )
@@ -264,8 +266,9 @@ def analyse_series(slices: Sequence[Slice], tol: Tolerances | None = None) -> Se
 
     duplicates = np.flatnonzero(steps <= tol.duplicate_mm)
     if duplicates.size:
-        where = ", ".join(_fmt(float(d[i])) for i in duplicates[:5])
-        more = "" if duplicates.size <= 5 else f" and {duplicates.size - 5} more"
+        places = sorted({_fmt(float(d[i])) for i in duplicates}, key=float)
+        where = ", ".join(places[:5])
+        more = "" if len(places) <= 5 else f" and {len(places) - 5} more places"
         return verdict(
             DUPLICATE_POSITIONS,
             f"{duplicates.size} slices share a position with another, at {where}{more} mm "
@@ -354,6 +357,7 @@ _IPP = "00200032"
 _IOP = "00200037"
 _PIXEL_SPACING = "00280030"
 _SLICE_THICKNESS = "00180050"
+_GRID_FRAME_OFFSETS = "3004000C"  # Grid Frame Offset Vector (RT Dose)
 
 
 def _item(element: Any) -> Mapping[str, Any] | None:
@@ -430,6 +434,36 @@ def frame_planes(header: Mapping[str, Any] | str) -> list[FramePlane] | None:
     return planes
 
 
+def _grid_frames(
+    uid: str,
+    position: tuple[float, float, float],
+    orientation: tuple[float, float, float, float, float, float],
+    offsets: list[float],
+    rows: int | None,
+    columns: int | None,
+    spacing: tuple[float, float] | None,
+) -> list[Slice]:
+    """Frames of a multi-frame object placed by Grid Frame Offset Vector (3004,000C) (RT Dose,
+    PS3.3 C.8.8.3.2): frame f lies at Image Position (Patient) + (o[f] - o[0]) along the normal.
+    With o[0] = 0 the offsets are relative to the position; the older absolute form (o[0] the
+    z of the position, axial planes only) gives the same by subtracting o[0]."""
+    normal = slice_normal(orientation)
+    origin = np.asarray(position, dtype=float)
+    return [
+        Slice(
+            uid,
+            f,
+            tuple(float(v) for v in origin + (o - offsets[0]) * normal),  # type: ignore[arg-type]
+            orientation,
+            rows,
+            columns,
+            spacing,
+            None,
+        )
+        for f, o in enumerate(offsets)
+    ]
+
+
 def _tuple(values: Sequence[float] | None, length: int) -> Any:
     if values is None or len(values) != length:
         return None
@@ -440,9 +474,10 @@ def slices_of_instance(row: Mapping[str, Any]) -> list[Slice]:
     """The slices of one ``scans`` row (its columns; ``header_json`` for multi-frame objects).
 
     A single-frame instance is one slice with its top-level Image Position / Orientation. A
-    multi-frame instance gives one slice per frame from its functional groups
-    (:func:`frame_planes`); one without per-frame positions gives frames without position
-    (its frames cannot be placed: cine, NM, ultrasound), which makes the series
+    multi-frame instance (or an enhanced one of one frame, which has no top-level position)
+    gives one slice per frame from its functional groups (:func:`frame_planes`), else, for RT
+    Dose, from Grid Frame Offset Vector (3004,000C); one without either gives frames without
+    position (they cannot be placed: cine, NM, ultrasound), which makes the series
     ``no_geometry``.
     """
     uid = row["sop_instance_uid"]
@@ -450,7 +485,9 @@ def slices_of_instance(row: Mapping[str, Any]) -> list[Slice]:
     frames = int(row.get("number_of_frames") or 1)
     spacing = _tuple(row.get("pixel_spacing"), 2)
     thickness = row.get("slice_thickness")
-    if frames <= 1:
+    # An enhanced object of one frame keeps its geometry in its functional groups too.
+    in_groups = row.get("image_position_patient") is None and bool(row.get("header_json"))
+    if frames <= 1 and not in_groups:
         return [
             Slice(
                 uid,
@@ -463,10 +500,26 @@ def slices_of_instance(row: Mapping[str, Any]) -> list[Slice]:
                 thickness,
             )
         ]
-    planes = frame_planes(row["header_json"]) if row.get("header_json") else None
-    if planes is None or len(planes) != frames:
-        return [Slice(uid, f, None, None, rows, columns, spacing, thickness) for f in range(frames)]
+    header = json.loads(row["header_json"]) if row.get("header_json") else {}
+    planes = frame_planes(header) if header else None
     top_orientation = row.get("image_orientation_patient")
+    if planes is None:
+        offsets = _numbers(header, _GRID_FRAME_OFFSETS)
+        position = _tuple(row.get("image_position_patient"), 3)
+        orientation = _tuple(top_orientation, 6)
+        if offsets and len(offsets) == frames and position and orientation:
+            return _grid_frames(uid, position, orientation, offsets, rows, columns, spacing)
+    if planes is None or len(planes) != frames:
+        note = (
+            "multi-frame without Plane Position Sequence (0020,9113) per frame"
+            if planes is None
+            else f"Per-frame Functional Groups Sequence (5200,9230) has {len(planes)} items "
+            f"for {frames} frames"
+        )
+        return [
+            Slice(uid, f, None, None, rows, columns, spacing, thickness, note)
+            for f in range(frames)
+        ]
     return [
         Slice(
             uid,

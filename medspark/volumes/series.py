@@ -117,11 +117,19 @@ def summarise_series(rows: Sequence[Mapping[str, Any]], tol: Tolerances | None =
     }
 
 
+def needs_header() -> Any:
+    """Rows whose geometry is in the header JSON: multi-frame instances (per-frame functional
+    groups, Grid Frame Offset Vector) and enhanced ones of one frame (no top-level position).
+    Only their header travels through the shuffle."""
+    frames = F.coalesce(F.col("number_of_frames"), F.lit(1))
+    return (frames > 1) | F.col("image_position_patient").isNull()
+
+
 def build_series(scans: DataFrame, run_id: str, tol: Tolerances | None = None) -> DataFrame:
     """``scans`` -> ``series`` (schema :data:`medspark.tables.schemas.SERIES`).
 
     Instances without a Series Instance UID cannot be grouped and are left out. The header JSON
-    travels through the shuffle only for multi-frame instances, the only ones that need it.
+    travels through the shuffle only for the rows that need it (:func:`needs_header`).
     """
     from pyspark.sql.pandas.types import to_arrow_schema
 
@@ -130,9 +138,7 @@ def build_series(scans: DataFrame, run_id: str, tol: Tolerances | None = None) -
     names = [f.name for f in SERIES_SUMMARY.fields]
     inputs = scans.where(F.col("series_instance_uid").isNotNull()).select(
         *[c for c in SERIES_INPUT_COLUMNS if c != "header_json"],
-        F.when(F.coalesce(F.col("number_of_frames"), F.lit(1)) > 1, F.col("header_json")).alias(
-            "header_json"
-        ),
+        F.when(needs_header(), F.col("header_json")).alias("header_json"),
     )
 
     arrow_schema = to_arrow_schema(SERIES_SUMMARY)

@@ -24,6 +24,7 @@ from pyspark.sql import functions as F
 from medspark.config import PipelineConfig
 from medspark.volumes.assemble import VOLUME_INPUT_COLUMNS, VolumeError, VolumeSettings
 from medspark.volumes.segment import VolumeModel
+from medspark.volumes.series import needs_header
 from medspark.volumes.transforms import VolumePreprocess
 
 __all__ = [
@@ -159,10 +160,8 @@ def segment_series(scans: DataFrame, config: PipelineConfig, task: VolumeTask) -
         & F.col("modality").isin(*config.volumes.modalities)
     ).select(
         *[c for c in VOLUME_INPUT_COLUMNS if c != "header_json"],
-        # The header travels only for multi-frame instances, whose geometry needs it.
-        F.when(F.coalesce(F.col("number_of_frames"), F.lit(1)) > 1, F.col("header_json")).alias(
-            "header_json"
-        ),
+        # The header travels only for the rows whose geometry is in it.
+        F.when(needs_header(), F.col("header_json")).alias("header_json"),
     )
     return candidates.groupBy("series_instance_uid").applyInArrow(_group_function(task), VOLUME_OUT)
 
