@@ -275,7 +275,14 @@ def cmd_volumes(args: argparse.Namespace) -> int:
             record.errors = (record.errors or 0) + sum(result.errors_by_class.values())
         return result
 
-    config, result = _recorded(args, "volumes", step)
+    # The 3D model is checked before Spark starts: a wrong path or shape is exit code 2 at once.
+    config = _load(args, str(Path(args.warehouse).absolute()))
+    if config.volumes.model is not None:
+        from medspark.volumes.segment import check_volume_model
+        from medspark.volumes.steps import volume_task
+
+        check_volume_model(volume_task(config).model)
+    config, result = _recorded(args, "volumes", step, config=config)
     print(result.summary())
     names = ("series", "series_segments", "series_errors")
     print("tables: " + ", ".join(config.table_path(n) for n in names))

@@ -55,7 +55,7 @@ def volumes_warehouse(spark, tmp_path_factory):
     ingest(spark, [str(src)], config)
     data = corrupt[2].read_bytes()
     corrupt[2].write_bytes(data[:-100])  # a slice damaged after ingest
-    return {"config": config, "hu": hu, "corrupt": corrupt[2]}
+    return {"config": config, "hu": hu, "corrupt": corrupt[2], "corrupt_bytes": data}
 
 
 def _rows(spark, config, name):
@@ -114,6 +114,7 @@ def test_volumes_segments_the_sphere_and_reports_bad_series(
     config = with_overrides(volumes_warehouse["config"], volumes=volume_config)
     result = volumes(spark, config, "test-volumes-run")
     assert (result.series, result.segmented, result.segments) == (4, 1, 1)
+    assert result.peak_rss_bytes > 50 * 2**20  # a Python worker with torch loaded
     assert result.errors_by_class == {"irregular_series": 2, "source_changed": 1}
 
     (seg,) = _rows(spark, config, "series_segments")
@@ -132,3 +133,16 @@ def test_volumes_segments_the_sphere_and_reports_bad_series(
     damaged = errors[pseudo.uid(UIDS["corrupt"])]
     assert damaged["error_class"] == "source_changed"
     assert volumes_warehouse["corrupt"].name in damaged["message"]
+
+    # The damaged file restored: a second run segments that series too and clears its error
+    # row; the sphere's row is updated, not added again.
+    volumes_warehouse["corrupt"].write_bytes(volumes_warehouse["corrupt_bytes"])
+    again = volumes(spark, config, "test-volumes-rerun")
+    assert (again.segmented, again.errors_cleared) == (2, 1)
+    segments = _rows(spark, config, "series_segments")
+    assert sorted(r["series_instance_uid"] for r in segments) == sorted(
+        pseudo.uid(UIDS[k]) for k in ("sphere", "corrupt")
+    )
+    assert {r["run_id"] for r in segments} == {"test-volumes-rerun"}
+    remaining = {r["series_instance_uid"] for r in _rows(spark, config, "series_errors")}
+    assert remaining == {pseudo.uid(UIDS["missing"]), pseudo.uid(UIDS["mixed"])}

@@ -177,6 +177,8 @@ class VolumesResult:
     errors_by_class: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     model: str | None = None
+    errors_cleared: int = 0  # series_errors rows of earlier runs whose series succeeded now
+    peak_rss_bytes: int | None = None  # largest Python worker RSS after a segmented series
 
     def summary(self) -> str:
         lines = [
@@ -188,9 +190,16 @@ class VolumesResult:
             lines.append(
                 f"  {self.segmented} series segmented by {self.model} ({self.segments} label rows)"
             )
+            if self.peak_rss_bytes:
+                lines.append(f"  peak worker memory {self.peak_rss_bytes / 2**20:.0f} MiB")
             lines.append(f"  errors: {sum(self.errors_by_class.values())}")
             for cls, n in sorted(self.errors_by_class.items()):
                 lines.append(f"    {cls:<24} {n}")
+            if self.errors_cleared:
+                lines.append(
+                    f"  {self.errors_cleared} error row(s) of earlier runs removed: "
+                    "those series are segmented now"
+                )
         return "\n".join(lines)
 
 
@@ -199,7 +208,9 @@ def volumes(spark: Any, config: PipelineConfig, run_id: str) -> VolumesResult:
     ``volumes.model``, segment every series of ``volumes.modalities`` into
     ``series_segments`` and ``series_errors`` (MERGE: a rerun of the same model version adds
     no row). The model is checked on the driver before any task starts."""
-    from medspark.tables.writers import concurrently, merge_into
+    from delta.tables import DeltaTable
+
+    from medspark.tables.writers import concurrently, delete_matching, merge_into
     from medspark.volumes.segment import check_volume_model
     from medspark.volumes.series import build_series
 
@@ -218,11 +229,17 @@ def volumes(spark: Any, config: PipelineConfig, run_id: str) -> VolumesResult:
     if task is None:
         result.seconds = time.monotonic() - start
         return result
+    errors_path = config.table_path("series_errors")
+    had_errors = DeltaTable.isDeltaTable(spark, errors_path)
     out = segment_series(scans, config, task).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         counts = (
             out.groupBy("error_class")
-            .agg(F.count("*").alias("n"), F.countDistinct("series_instance_uid").alias("s"))
+            .agg(
+                F.count("*").alias("n"),
+                F.countDistinct("series_instance_uid").alias("s"),
+                F.max("rss_bytes").alias("rss"),
+            )
             .collect()
         )
         segments = (
@@ -243,13 +260,18 @@ def volumes(spark: Any, config: PipelineConfig, run_id: str) -> VolumesResult:
             lambda: merge_into(
                 spark, segments, config.table_path("series_segments"), "series_segments"
             ),
-            lambda: merge_into(spark, errors, config.table_path("series_errors"), "series_errors"),
+            lambda: merge_into(spark, errors, errors_path, "series_errors"),
         )
+        if had_errors and any(r["error_class"] is None for r in counts):
+            # A series that failed in an earlier run (a damaged file since replaced) and is
+            # segmented now by the same model version leaves series_errors.
+            result.errors_cleared = delete_matching(spark, segments, errors_path, "series_errors")
     finally:
         out.unpersist()
     for r in counts:
         if r["error_class"] is None:
             result.segmented, result.segments = int(r["s"]), int(r["n"])
+            result.peak_rss_bytes = r["rss"]
         else:
             result.errors_by_class[r["error_class"]] = int(r["n"])
     result.model = f"{task.model.name} {task.model.version}"
