@@ -103,3 +103,19 @@ def test_changed_or_corrupt_slice_names_the_instance(ramp):
         assemble_volume(rows, VolumeSettings())
     assert err.value.error_class in (UNDECODABLE_FILE, "undecodable_frame")
     assert victim["sop_instance_uid"] in str(err.value)
+
+
+def test_real_multiframe_rt_dose(test_files):
+    """pydicom's real RT Dose: 15 frames placed by Grid Frame Offset Vector, scaled by Dose Grid
+    Scaling (3004,000E) into Gy."""
+    import pydicom
+
+    path = test_files / "rtdose.dcm"
+    volume = assemble_volume(_scans_rows([path]), VolumeSettings())
+    ds = pydicom.dcmread(path)
+    expected = ds.pixel_array.astype(np.float64) * float(ds.DoseGridScaling)
+    assert volume.array.shape == (15, 10, 10)
+    assert np.allclose(volume.array, expected, rtol=1e-6)
+    assert volume.spacing == pytest.approx((5.0, 10.0, 10.0))
+    assert volume.slices == [(ds.SOPInstanceUID, f) for f in range(15)]
+    assert (volume.affine @ [14, 0, 0, 1])[:3] == pytest.approx([189.43125, 199.43125, -691.87])
