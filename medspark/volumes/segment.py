@@ -47,20 +47,22 @@ class VolumeModel:
 
 
 def _device(name: str) -> Any:
+    """The task's GPU when Spark assigned one, else the first visible GPU, else CPU; the 2D
+    inference's choice (:func:`medspark.inference.predict.choose_device`)."""
     import torch
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    from medspark.inference.predict import choose_device
+
+    return torch.device(choose_device(name))
 
 
 @lru_cache(maxsize=4)
-def load_volume_model(path: str, device: str = "auto") -> Any:
-    """The TorchScript module at ``path`` on ``device``, in eval mode; cached per process (a
-    Python worker loads it once for all the series it segments)."""
+def load_volume_model(path: str, device: str) -> Any:
+    """The TorchScript module at ``path`` on ``device`` (a torch device string), in eval mode;
+    cached per process (a Python worker loads it once for all the series it segments)."""
     import torch
 
-    module = torch.jit.load(path, map_location=_device(device))
+    module = torch.jit.load(path, map_location=device)
     module.eval()
     return module
 
@@ -102,8 +104,8 @@ def segment(image: np.ndarray, model: VolumeModel) -> np.ndarray:
     import torch
     from monai.inferers import sliding_window_inference
 
-    module = load_volume_model(model.path, model.device)
     device = _device(model.device)
+    module = load_volume_model(model.path, str(device))
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
     with torch.inference_mode():
         out = sliding_window_inference(
