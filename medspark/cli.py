@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("sources", nargs="+", help="directories, DICOM files, zip/tar/tar.gz")
     _common(run)
 
+    vol = sub.add_parser(
+        "volumes",
+        help="rebuild the series table; with volumes.model, segment each series as a volume",
+    )
+    _common(vol)
+
     inf = sub.add_parser("infer", help="run a model on the images tensors, write predictions")
     inf.add_argument("--model", help="model name from inference.models (default: inference.model)")
     _common(inf)
@@ -306,6 +312,34 @@ def cmd_waveforms(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_volumes(args: argparse.Namespace) -> int:
+    from medspark.volumes.steps import volumes
+
+    def step(spark: Any, config: Any, record: Any) -> Any:
+        result = volumes(spark, config, record.run_id)
+        record.items_in = result.series
+        record.rows_out["series"] = result.series
+        if result.model is not None:
+            record.uses_torch = True
+            record.rows_out["series_segments"] = result.segments
+            record.rows_out["series_errors"] = sum(result.errors_by_class.values())
+            record.errors = (record.errors or 0) + sum(result.errors_by_class.values())
+        return result
+
+    # The 3D model is checked before Spark starts: a wrong path or shape is exit code 2 at once.
+    config = _load(args, str(Path(args.warehouse).absolute()))
+    if config.volumes.model is not None:
+        from medspark.volumes.segment import check_volume_model
+        from medspark.volumes.steps import volume_task
+
+        check_volume_model(volume_task(config).model)
+    config, result = _recorded(args, "volumes", step, config=config)
+    print(result.summary())
+    names = ("series", "series_segments", "series_errors")
+    print("tables: " + ", ".join(config.table_path(n) for n in names))
+    return 0
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     from medspark.pipeline import infer, record_infer
 
@@ -396,6 +430,7 @@ COMMANDS = {
     "preprocess": cmd_preprocess,
     "waveforms": cmd_waveforms,
     "infer": cmd_infer,
+    "volumes": cmd_volumes,
     "run": cmd_run,
     "evaluate": cmd_evaluate,
     "train-demo": cmd_train_demo,

@@ -246,6 +246,82 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class VolumeModelConfig:
+    """A 3D segmentation model for ``medspark volumes`` (see medspark.volumes.segment).
+
+    A TorchScript file: input (batch, 1, D, H, W) float32, output (batch, len(labels) + 1, D,
+    H, W) class scores with background first (or one foreground logit for a single label).
+    """
+
+    path: str | None = None
+    labels: list[str] = field(default_factory=list)
+    name: str = field(default="volume-model", metadata=_meta(pattern=r"^[\w.-]+$"))
+    version: str = field(default="1", metadata=_meta(pattern=r"^[\w.-]+$"))
+    roi_size: list[int] = field(default_factory=lambda: [64, 64, 64])
+    sw_batch_size: int = field(default=1, metadata=_meta(minimum=1))
+    overlap: float = field(default=0.25, metadata=_meta(minimum=0.0, maximum=0.95))
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("volumes.model.path", self.path, "a TorchScript file")
+        if not self.labels:
+            raise ConfigError("volumes.model.labels", self.labels, "one or more label names")
+        if len(self.roi_size) != 3 or min(self.roi_size) < 1:
+            raise ConfigError("volumes.model.roi_size", self.roi_size, "[slices, rows, columns]")
+
+
+@dataclass(frozen=True)
+class VolumesConfig:
+    """Series as volumes (see medspark.volumes and docs/volumes.md).
+
+    The 3D chain, each step null to skip it: ``orientation`` (three letters, the patient side
+    each array axis runs toward, e.g. SPL), ``target_spacing`` [slice, row, column] mm
+    (trilinear), ``intensity_range`` [low, high] modality values scaled to [0, 1] and clipped,
+    ``spatial_size`` [slices, rows, columns] centre crop or pad.
+    """
+
+    # ingest and run rebuild the series table rows of the series they touched.
+    series: bool = True
+    # Series of these modalities are assembled and segmented by medspark volumes.
+    modalities: list[str] = field(default_factory=lambda: ["CT", "MR", "PT"])
+    # One series is assembled in one task; a series of more voxels (slices x rows x columns)
+    # is an error row with its size instead of an executor out of memory. 2**27 voxels are
+    # 512 MiB as float32.
+    max_voxels: int = field(default=2**27, metadata=_meta(minimum=1))
+    orientation: str | None = "SPL"
+    target_spacing: list[float] | None = None
+    intensity_range: list[float] | None = None
+    spatial_size: list[int] | None = None
+    model: VolumeModelConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.orientation is not None:
+            from medspark.volumes.transforms import check_orientation
+
+            try:
+                check_orientation(self.orientation)
+            except ValueError:
+                raise ConfigError(
+                    "volumes.orientation", self.orientation, "three letters, e.g. SPL, or null"
+                ) from None
+        if self.target_spacing is not None and (
+            len(self.target_spacing) != 3 or min(self.target_spacing) <= 0
+        ):
+            raise ConfigError(
+                "volumes.target_spacing", self.target_spacing, "[slice, row, column] mm > 0"
+            )
+        if self.intensity_range is not None and (
+            len(self.intensity_range) != 2 or not self.intensity_range[0] < self.intensity_range[1]
+        ):
+            raise ConfigError("volumes.intensity_range", self.intensity_range, "[low, high]")
+        if self.spatial_size is not None and (
+            len(self.spatial_size) != 3 or min(self.spatial_size) < 1
+        ):
+            raise ConfigError("volumes.spatial_size", self.spatial_size, "[slices, rows, columns]")
+
+
+@dataclass(frozen=True)
 class TablesConfig:
     """Delta table names under the warehouse directory."""
 
@@ -282,6 +358,11 @@ class TablesConfig:
     restricted_locations: str = field(
         default="restricted_locations", metadata=_meta(pattern=r"^restricted_[A-Za-z0-9_]*$")
     )
+    series: str = field(default="series", metadata=_meta(pattern=_TABLE_NAME.pattern))
+    series_segments: str = field(
+        default="series_segments", metadata=_meta(pattern=_TABLE_NAME.pattern)
+    )
+    series_errors: str = field(default="series_errors", metadata=_meta(pattern=_TABLE_NAME.pattern))
 
 
 @dataclass(frozen=True)
@@ -302,6 +383,7 @@ class PipelineConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     deid: DeidConfig = field(default_factory=DeidConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    volumes: VolumesConfig = field(default_factory=VolumesConfig)
     tables: TablesConfig = field(default_factory=TablesConfig)
 
     def table_path(self, name: str) -> str:

@@ -67,6 +67,7 @@ from medspark.tables.writers import (
     merge_into,
     replace_table,
 )
+from medspark.volumes.series import refresh_series
 
 __all__ = [
     "DUPLICATE_COPY",
@@ -265,15 +266,20 @@ def ingest(
             _record_acquisitions(spark, config, candidates, scans)
             _rebuild_utilization(spark, config, run_id)
 
-        steps = [
-            lambda: merge_into(
+        def write_scans() -> dict[str, int]:
+            counts = merge_into(
                 spark,
                 scans.withColumns(stamp),
                 scans_path,
                 "scans",
                 metrics=True,
                 update_if=SAME_ITEM,
-            ),
+            )
+            refresh_series(spark, config, scans, run_id)  # series rebuilt from the new scans
+            return counts
+
+        steps = [
+            write_scans,
             write_errors,
             write_acquisitions,
         ]
@@ -300,6 +306,7 @@ def ingest(
             merge_into(spark, late, errors_path, "ingest_errors")
             item = ["sop_instance_uid", "source_uri", "archive_member"]
             delete_matching(spark, late, scans_path, "scans", on=item)
+            refresh_series(spark, config, scans, run_id)  # without the items moved out
             where = [scans[c].eqNullSafe(late[c]) for c in ("source_uri", "archive_member")]
             stored = scans.join(late, where, "left_anti")
         cleared = delete_matching(spark, stored, errors_path, "ingest_errors") if had_errors else 0
@@ -739,12 +746,17 @@ def run_all(
         known = (lambda count: count) if exact else (lambda count: None)
         n_frame_errors = sum(int(r["n"]) for r in stats if r["kind"] == FRAME and r["error_class"])
         n_labels = sum(int(r["n"]) for r in stats if r["kind"] == FRAME and r["label"])
+
+        def write_scans() -> dict[str, int]:
+            stamped = kept.withColumns(
+                {"run_id": F.lit(run_id), "ingested_at": F.current_timestamp()}
+            )
+            counts = write(stamped, "scans", known(n_scans))
+            refresh_series(spark, config, kept, run_id)  # series rebuilt from the new scans
+            return counts
+
         steps = [
-            lambda: write(
-                kept.withColumns({"run_id": F.lit(run_id), "ingested_at": F.current_timestamp()}),
-                "scans",
-                known(n_scans),
-            ),
+            write_scans,
             lambda: write(
                 errors.withColumns({"run_id": F.lit(run_id), "recorded_at": F.current_timestamp()}),
                 "ingest_errors",

@@ -556,6 +556,62 @@ ECG_METRICS = StructType(
         _f("reason", StringType(), True, "why the metrics are null (too short, flat, noisy)"),
         _f("method", StringType(), True, "library and version that measured, e.g. neurokit2"),
     ]
+#: One ``series`` row before its run fields: what :func:`medspark.volumes.series.summarise_series`
+#: returns (see :mod:`medspark.volumes.geometry` for the verdicts).
+SERIES_SUMMARY = StructType(
+    [
+        _f(
+            "series_instance_uid",
+            StringType(),
+            False,
+            "Series Instance UID (0020,000E), pseudonymous",
+        ),
+        _f(
+            "study_instance_uid", StringType(), True, "Study Instance UID (0020,000D), pseudonymous"
+        ),
+        _f("patient_id", StringType(), True, "pseudonymous patient key (as in scans)"),
+        _f("modality", StringType(), True, "Modality (0008,0060), most common in the series"),
+        _f("body_part_examined", StringType(), True, "Body Part Examined (0018,0015)"),
+        _f("station_name", StringType(), True, "Station Name (0008,1010)"),
+        _f("instances", LongType(), False, "instances (scans rows) in the series"),
+        _f("pixel_instances", LongType(), False, "instances with pixel data"),
+        _f("frames", LongType(), False, "frames of the pixel instances (slices)"),
+        _f("rows", IntegerType(), True, "Rows (0028,0010) of the first slice"),
+        _f("columns", IntegerType(), True, "Columns (0028,0011) of the first slice"),
+        _f("pixel_spacing", _DOUBLES, True, "Pixel Spacing (0028,0030) [row, col] mm"),
+        _f(
+            "slice_spacing",
+            DoubleType(),
+            True,
+            "median step between slices along the normal of Image Orientation (Patient), mm",
+        ),
+        _f("slice_thickness", DoubleType(), True, "Slice Thickness (0018,0050) mm, most common"),
+        _f("first_position", _DOUBLES, True, "Image Position (Patient) of the first slice, mm LPS"),
+        _f("last_position", _DOUBLES, True, "Image Position (Patient) of the last slice, mm LPS"),
+        _f("orientation", _DOUBLES, True, "Image Orientation (Patient) (0020,0037)"),
+        _f(
+            "affine",
+            _DOUBLES,
+            True,
+            "4x4 row-major, (slice, row, column, 1) -> LPS mm; regular or single_slice only",
+        ),
+        _f("first_acquisition", TimestampNTZType(), True, "earliest acquisition (as in scans)"),
+        _f("last_acquisition", TimestampNTZType(), True, "latest acquisition (as in scans)"),
+        _f("acquisition_seconds", DoubleType(), True, "last minus first acquisition, seconds"),
+        _f(
+            "verdict",
+            StringType(),
+            False,
+            "regular, or why not: no_geometry, single_slice, mixed_orientation, mixed_size, "
+            "duplicate_positions, gantry_tilt, missing_slices, varying_spacing",
+        ),
+        _f("verdict_detail", StringType(), True, "what failed and where; null when regular"),
+    ]
+)
+
+#: ``series``: one row per series, from ``scans`` (no pixel read), key ``series_instance_uid``.
+SERIES = StructType(
+    SERIES_SUMMARY.fields
     + _RUN_FIELDS
     + [_f("computed_at", TimestampType(), False, "when this row was written (UTC)")]
 )
@@ -567,6 +623,75 @@ WAVEFORM_ERRORS = StructType(
         _f("multiplex_group", IntegerType(), True, "the bad group; null: the whole instance"),
         _f("source_uri", StringType(), True),
         _f("archive_member", StringType(), True),
+_LPS = "three doubles, mm, patient coordinates LPS"
+
+#: What the volume task returns per series: one row per label, or one error row.
+VOLUME_OUT = StructType(
+    [
+        _f("series_instance_uid", StringType(), False, "Series Instance UID, pseudonymous"),
+        _f("model", StringType(), False, "model name (volumes.model.name)"),
+        _f("model_version", StringType(), False, "model version"),
+        _f("label", StringType(), True, "label name (volumes.model.labels)"),
+        _f("label_value", IntegerType(), True, "the label's value in the mask, 1-based"),
+        _f("voxel_count", LongType(), True, "voxels of the label in the segmented grid"),
+        _f("volume_ml", DoubleType(), True, "voxel_count x voxel volume of the segmented grid, mL"),
+        _f("centroid", _DOUBLES, True, "mean of the label's voxel centres; " + _LPS),
+        _f("bbox_min", _DOUBLES, True, "smallest x, y, z of the label's voxel centres; " + _LPS),
+        _f("bbox_max", _DOUBLES, True, "largest x, y, z of the label's voxel centres; " + _LPS),
+        _f("slices", IntegerType(), True, "slices of the assembled volume"),
+        _f(
+            "voxel_spacing",
+            _DOUBLES,
+            True,
+            "spacing of the segmented grid [slice, row, column] mm (after resampling)",
+        ),
+        _f(
+            "grid_shape",
+            ArrayType(IntegerType(), False),
+            True,
+            "shape of the segmented grid [slices, rows, columns]",
+        ),
+        _f("seconds_assemble", DoubleType(), True, "read + decode + stack of the series"),
+        _f("seconds_preprocess", DoubleType(), True, "3D chain"),
+        _f("seconds_infer", DoubleType(), True, "sliding-window inference"),
+        _f("rss_bytes", LongType(), True, "Python worker resident memory after the series"),
+        _f("error_class", StringType(), True),
+        _f("error_message", StringType(), True),
+    ]
+)
+
+_VOLUME_OUT_BY_NAME = {f.name: f for f in VOLUME_OUT.fields}
+
+#: ``series_segments``: one row per series x model version x label.
+SERIES_SEGMENTS = StructType(
+    [
+        _VOLUME_OUT_BY_NAME[n]
+        for n in (
+            "series_instance_uid",
+            "label",
+            "label_value",
+            "model",
+            "model_version",
+            "voxel_count",
+            "volume_ml",
+            "centroid",
+            "bbox_min",
+            "bbox_max",
+            "slices",
+            "voxel_spacing",
+            "grid_shape",
+        )
+    ]
+    + _RUN_FIELDS
+    + [_f("segmented_at", TimestampType(), False, "when this row was written (UTC)")]
+)
+
+#: ``series_errors``: a series that could not be assembled or segmented by a model version.
+SERIES_ERRORS = StructType(
+    [
+        _VOLUME_OUT_BY_NAME["series_instance_uid"],
+        _VOLUME_OUT_BY_NAME["model"],
+        _VOLUME_OUT_BY_NAME["model_version"],
         _f(
             "error_class",
             StringType(),
@@ -575,6 +700,10 @@ WAVEFORM_ERRORS = StructType(
             "waveform_too_large, no_waveform, unreadable_waveform, source_changed, unreadable",
         ),
         _f("message", StringType(), False, "the reason, naming the file"),
+            "irregular_series, series_too_large, not_monochrome, unreadable, source_changed, "
+            "undecodable_file, undecodable_frame, segmentation_failed (or the reader's class)",
+        ),
+        _f("message", StringType(), False, "the reason, naming the series (and instance, frame)"),
     ]
     + _RUN_FIELDS
     + [_f("recorded_at", TimestampType(), False, "when this row was written (UTC)")]
@@ -599,4 +728,10 @@ TABLES: dict[str, tuple[StructType, tuple[str, ...]]] = {
     "waveforms": (WAVEFORMS, ("sop_instance_uid", "multiplex_group", "channel")),
     "ecg_metrics": (ECG_METRICS, ("sop_instance_uid", "lead")),
     "waveform_errors": (WAVEFORM_ERRORS, ("sop_instance_uid",)),
+    "series": (SERIES, ("series_instance_uid",)),
+    "series_segments": (
+        SERIES_SEGMENTS,
+        ("series_instance_uid", "model", "model_version", "label"),
+    ),
+    "series_errors": (SERIES_ERRORS, ("series_instance_uid", "model", "model_version")),
 }

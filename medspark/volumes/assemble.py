@@ -1,0 +1,226 @@
+"""Volume assembly: the instances of one series, re-read, sorted geometrically, stacked.
+
+Runs on an executor, one series at a time (:func:`assemble_volume`); pure apart from reading
+the bytes, which goes through the reader and limits preprocessing uses
+(:func:`medspark.sources.members.read_items`), with the same SHA-256 check against ``scans``:
+an item whose bytes changed since ingest is an error, never other pixels.
+
+The order of slices and the affine come from :func:`medspark.volumes.geometry.analyse_series`
+on the ``scans`` columns, the same computation the ``series`` table shows; only a ``regular``
+series is assembled. Values are modality values from :mod:`medspark.dicom.pixels` (Modality
+LUT Sequence (0028,3000) or Rescale Slope (0028,1053) / Intercept (0028,1052), per frame for
+enhanced objects), so a CT volume is in Hounsfield units.
+
+Memory is bounded before anything is read: a series of more than ``max_voxels`` voxels
+(slices x rows x columns) is a ``series_too_large`` error with its size. The volume is one
+float32 array allocated once; each instance's bytes are dropped as soon as its frames are in.
+
+Error classes (``series_errors.error_class``): ``irregular_series`` (the verdict is not
+``regular``; the message carries verdict and detail), ``series_too_large``, ``not_monochrome``
+(colour frames), and per instance, as preprocessing names them, ``unreadable``,
+``source_changed``, ``undecodable_file``, ``undecodable_frame`` (and the reader's own classes
+such as ``too_large`` for an item over the ingest limits). Messages name the series and the
+instance (and frame).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medspark.preprocess.udf import (
+    SOURCE_CHANGED,
+    UNDECODABLE_FILE,
+    UNDECODABLE_FRAME,
+    UNREADABLE,
+    _reread_problem,
+)
+from medspark.volumes.geometry import (
+    REGULAR,
+    SeriesGeometry,
+    Slice,
+    Tolerances,
+    analyse_series,
+    slices_of_instance,
+)
+
+__all__ = [
+    "IRREGULAR_SERIES",
+    "NOT_MONOCHROME",
+    "SERIES_TOO_LARGE",
+    "SOURCE_CHANGED",
+    "UNDECODABLE_FILE",
+    "UNDECODABLE_FRAME",
+    "UNREADABLE",
+    "VOLUME_INPUT_COLUMNS",
+    "Volume",
+    "VolumeError",
+    "VolumeSettings",
+    "assemble_volume",
+    "plan_volume",
+]
+
+IRREGULAR_SERIES = "irregular_series"
+SERIES_TOO_LARGE = "series_too_large"
+NOT_MONOCHROME = "not_monochrome"
+
+#: The ``scans`` columns assembly needs per instance.
+VOLUME_INPUT_COLUMNS = (
+    "sop_instance_uid",
+    "series_instance_uid",
+    "modality",
+    "source_uri",
+    "archive_member",
+    "sha256",
+    "rows",
+    "columns",
+    "number_of_frames",
+    "pixel_spacing",
+    "slice_thickness",
+    "image_position_patient",
+    "image_orientation_patient",
+    "header_json",
+)
+
+
+class VolumeError(Exception):
+    """A series that cannot become a volume: ``error_class`` and a message naming it."""
+
+    def __init__(self, error_class: str, message: str) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+
+
+@dataclass(frozen=True)
+class VolumeSettings:
+    """What an executor needs to assemble volumes; pickled into the task closure."""
+
+    max_voxels: int = 2**27
+    limits: Any = None  # medspark.sources.archives.Limits of the re-read (None: defaults)
+    tolerances: Tolerances = field(default_factory=Tolerances)
+
+
+@dataclass(eq=False)
+class Volume:
+    """One assembled series: ``array[k, j, i]`` (slice, row, column) float32 modality values,
+    ``affine`` (k, j, i, 1) -> LPS mm (see :mod:`medspark.volumes.geometry`)."""
+
+    series_instance_uid: str
+    modality: str | None
+    array: np.ndarray
+    affine: np.ndarray
+    geometry: SeriesGeometry
+    #: (sop_instance_uid, frame) of each slice, in array order.
+    slices: list[tuple[str, int]]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """(slice, row, column) spacing in mm: the lengths of the affine's columns."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+
+def plan_volume(
+    rows: Sequence[Mapping[str, Any]], settings: VolumeSettings
+) -> tuple[SeriesGeometry, list[Slice]]:
+    """Geometry of the series from its ``scans`` rows, checked before any pixel is read.
+
+    Raises :class:`VolumeError`: ``irregular_series`` unless the verdict is ``regular``,
+    ``series_too_large`` over ``settings.max_voxels``.
+    """
+    uid = rows[0]["series_instance_uid"]
+    ordered = sorted(rows, key=lambda r: r["sop_instance_uid"])
+    slices = [s for r in ordered for s in slices_of_instance(r)]
+    geo = analyse_series(slices, settings.tolerances)
+    if geo.verdict != REGULAR:
+        raise VolumeError(
+            IRREGULAR_SERIES, f"series {uid}: {geo.verdict}: {geo.detail or 'not one grid'}"
+        )
+    voxels = len(slices) * int(geo.rows or 0) * int(geo.columns or 0)
+    if voxels > settings.max_voxels:
+        raise VolumeError(
+            SERIES_TOO_LARGE,
+            f"series {uid}: {len(slices)} slices x {geo.rows} x {geo.columns} = {voxels} voxels "
+            f"({voxels * 4 / 2**20:.0f} MiB as float32) > volumes.max_voxels {settings.max_voxels}",
+        )
+    return geo, slices
+
+
+Reader = Callable[
+    [Iterable[tuple[str, str | None]], Any], Iterator[tuple[tuple[str, str | None], Any]]
+]
+
+
+def assemble_volume(
+    rows: Sequence[Mapping[str, Any]],
+    settings: VolumeSettings,
+    read: Reader | None = None,
+) -> Volume:
+    """Read the instances of one series (``scans`` rows, :data:`VOLUME_INPUT_COLUMNS`) and stack
+    their frames in geometric order. Raises :class:`VolumeError` naming the series and, for a
+    bad instance, the instance and frame."""
+    from medspark.dicom.pixels import DicomPixelError, iter_frames
+
+    if read is None:
+        from medspark.sources.members import read_items as read
+    uid = rows[0]["series_instance_uid"]
+    geo, slices = plan_volume(rows, settings)
+    place = {(slices[i].sop_instance_uid, slices[i].frame): k for k, i in enumerate(geo.order)}
+    array = np.empty((len(slices), int(geo.rows or 0), int(geo.columns or 0)), dtype=np.float32)
+    filled = np.zeros(len(slices), dtype=bool)
+    by_location = {(r["source_uri"], r["archive_member"]): r for r in rows}
+    max_samples = None if settings.limits is None else settings.limits.max_frame_samples
+    for (uri, member), content in read(list(by_location), settings.limits):
+        row = by_location[(uri, member)]
+        sop = row["sop_instance_uid"]
+        where = uri + (f"!{member}" if member else "")
+        digest = None if isinstance(content, Exception) else hashlib.sha256(content).hexdigest()
+        problem = _reread_problem(where, content, digest, row.get("sha256"))
+        if problem is not None:
+            raise VolumeError(problem[0], f"series {uid}: instance {sop}: {problem[1]}")
+        try:
+            frames = iter_frames(content, max_frame_samples=max_samples)
+        except DicomPixelError as exc:
+            raise VolumeError(
+                UNDECODABLE_FILE, f"series {uid}: instance {sop} ({where}): {exc}"
+            ) from None
+        for frame in frames:
+            k = place.get((sop, frame.index))
+            if k is None:
+                continue
+            if frame.pixels is None:
+                raise VolumeError(
+                    UNDECODABLE_FRAME,
+                    f"series {uid}: instance {sop} frame {frame.index}: {frame.error}",
+                )
+            if frame.pixels.ndim != 2:
+                raise VolumeError(
+                    NOT_MONOCHROME,
+                    f"series {uid}: instance {sop}: {frame.photometric} frames are not one "
+                    "value per voxel",
+                )
+            if frame.pixels.shape != array.shape[1:]:
+                raise VolumeError(
+                    UNDECODABLE_FRAME,
+                    f"series {uid}: instance {sop} frame {frame.index}: decoded "
+                    f"{frame.pixels.shape}, header says {array.shape[1:]}",
+                )
+            array[k] = frame.pixels
+            filled[k] = True
+        del content
+    if not filled.all():
+        k = int(np.flatnonzero(~filled)[0])
+        sop, f = slices[geo.order[k]].sop_instance_uid, slices[geo.order[k]].frame
+        raise VolumeError(UNREADABLE, f"series {uid}: instance {sop} frame {f} was not read")
+    assert geo.affine is not None  # regular
+    return Volume(
+        series_instance_uid=uid,
+        modality=rows[0].get("modality"),
+        array=array,
+        affine=geo.affine,
+        geometry=geo,
+        slices=[(slices[i].sop_instance_uid, slices[i].frame) for i in geo.order],
+    )

@@ -1,0 +1,160 @@
+"""Volume-level segmentation: a 3D model over a whole series, with sliding-window inference.
+
+A model is a TorchScript file taking ``(batch, 1, D, H, W)`` float32 (the preprocessed volume,
+:mod:`medspark.volumes.transforms`) and returning ``(batch, C, D, H, W)``: ``C`` = labels + 1
+class scores (background first; the label is the arg-max), or ``C`` = 1 foreground logit for
+a single label (foreground where it is > 0). It runs with MONAI's ``sliding_window_inference``
+over ``roi_size`` windows, so a 300-slice series never has to fit the model's input at once,
+on the task's GPU when there is one (``device: auto``), else on CPU.
+
+:func:`label_statistics` turns the label array into the ``series_segments`` columns: voxel
+count, volume in mL (voxels x the voxel volume of the segmented grid, from its affine),
+centroid and bounding box of the voxel centres in LPS mm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from medspark.errors import ConfigError
+
+__all__ = [
+    "VolumeModel",
+    "check_volume_model",
+    "label_statistics",
+    "load_volume_model",
+    "segment",
+]
+
+
+@dataclass(frozen=True)
+class VolumeModel:
+    """A 3D segmentation model (``volumes.model`` in the config)."""
+
+    name: str
+    version: str
+    path: str
+    labels: tuple[str, ...]
+    roi_size: tuple[int, int, int] = (64, 64, 64)
+    sw_batch_size: int = 1
+    overlap: float = 0.25
+    device: str = "auto"
+
+
+def _device(name: str) -> Any:
+    """The task's GPU when Spark assigned one, else the first visible GPU, else CPU; the 2D
+    inference's choice (:func:`medspark.inference.predict.choose_device`)."""
+    import torch
+
+    from medspark.inference.predict import choose_device
+
+    return torch.device(choose_device(name))
+
+
+@lru_cache(maxsize=4)
+def load_volume_model(path: str, device: str) -> Any:
+    """The TorchScript module at ``path`` on ``device`` (a torch device string), in eval mode;
+    cached per process (a Python worker loads it once for all the series it segments)."""
+    import torch
+
+    module = torch.jit.load(path, map_location=device)
+    module.eval()
+    return module
+
+
+def check_volume_model(model: VolumeModel) -> None:
+    """On the driver, before any task: the file loads and maps a ``roi_size`` window to the
+    declared number of label channels. Raises :class:`ConfigError` naming the key."""
+    import os
+
+    import torch
+
+    key = f"volumes.model[{model.name}]"
+    if not os.path.isfile(model.path):
+        raise ConfigError(f"{key}.path", model.path, "an existing TorchScript file")
+    try:
+        module = torch.jit.load(model.path, map_location="cpu")
+        module.eval()
+        with torch.inference_mode():
+            out = module(torch.zeros((1, 1, *model.roi_size), dtype=torch.float32))
+    except Exception as exc:  # any load or forward failure is the model file's fault
+        raise ConfigError(
+            f"{key}.path", model.path, f"a TorchScript 3D model ({type(exc).__name__}: {exc})"
+        ) from None
+    channels = len(model.labels) + 1
+    expected = {(1, channels, *model.roi_size)}
+    if len(model.labels) == 1:
+        expected.add((1, 1, *model.roi_size))
+    if tuple(out.shape) not in expected:
+        raise ConfigError(
+            f"{key}.labels",
+            list(model.labels),
+            f"as many labels as the model's output channels minus background "
+            f"(output {tuple(out.shape)} for input {(1, 1, *model.roi_size)})",
+        )
+
+
+def segment(image: np.ndarray, model: VolumeModel) -> np.ndarray:
+    """Label array (uint8 ``[k, j, i]``, 0 = background) of a preprocessed volume."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    device = _device(model.device)
+    module = load_volume_model(model.path, str(device))
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
+    with torch.inference_mode():
+        out = sliding_window_inference(
+            x,
+            roi_size=list(model.roi_size),
+            sw_batch_size=model.sw_batch_size,
+            predictor=module,
+            overlap=model.overlap,
+            mode="gaussian",
+        )
+        labels = out.argmax(dim=1) if out.shape[1] > 1 else (out[:, 0] > 0)
+    return labels[0].to(torch.uint8).cpu().numpy()
+
+
+def label_statistics(
+    labels: np.ndarray, affine: np.ndarray, names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """One dict per label name (value 1, 2, ... in order): ``label``, ``label_value``,
+    ``voxel_count``, ``volume_ml``, ``centroid``, ``bbox_min``, ``bbox_max`` (LPS mm of voxel
+    centres; None when the label is absent). A label with no voxel still gets its row: "the
+    model found nothing" is a result."""
+    a = np.asarray(affine, dtype=float)
+    voxel_ml = abs(float(np.linalg.det(a[:3, :3]))) / 1000.0
+    out = []
+    for value, name in enumerate(names, start=1):
+        count = 0
+        index_sum = np.zeros(3)
+        low = np.full(3, np.inf)
+        high = np.full(3, -np.inf)
+        for k in np.flatnonzero((labels == value).any(axis=(1, 2))):
+            jj, ii = np.nonzero(labels[k] == value)
+            idx = np.column_stack([np.full(jj.size, k, dtype=float), jj, ii])
+            count += jj.size
+            index_sum += idx.sum(axis=0)
+            points = idx @ a[:3, :3].T + a[:3, 3]
+            low = np.minimum(low, points.min(axis=0))
+            high = np.maximum(high, points.max(axis=0))
+        centroid = None
+        if count:
+            centroid = [float(v) for v in a[:3, :3] @ (index_sum / count) + a[:3, 3]]
+        out.append(
+            {
+                "label": name,
+                "label_value": value,
+                "voxel_count": int(count),
+                "volume_ml": count * voxel_ml,
+                "centroid": centroid,
+                "bbox_min": [float(v) for v in low] if count else None,
+                "bbox_max": [float(v) for v in high] if count else None,
+            }
+        )
+    return out

@@ -1,0 +1,279 @@
+"""The volume steps on Spark: ``scans`` -> one task per series -> ``series_segments`` +
+``series_errors``; and the ``medspark volumes`` job that runs them after rebuilding ``series``.
+
+:func:`segment_series` groups the pixel instances of the configured modalities by Series
+Instance UID (0020,000E) and hands each group to :func:`volume_rows` on an executor
+(``applyInArrow``): assemble (:mod:`medspark.volumes.assemble`), preprocess
+(:mod:`medspark.volumes.transforms`), segment (:mod:`medspark.volumes.segment`). Only the
+instances' locations and geometry columns travel; the pixels are read on the executor and
+never leave it, only per-label figures do. A group is processed alone, so a task holds one
+volume at a time (bounded by ``volumes.max_voxels``); a bad series is one error row and the
+task goes on with the next.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from medspark.config import PipelineConfig
+from medspark.volumes.assemble import VOLUME_INPUT_COLUMNS, VolumeError, VolumeSettings
+from medspark.volumes.segment import VolumeModel
+from medspark.volumes.series import needs_header
+from medspark.volumes.transforms import VolumePreprocess
+
+__all__ = [
+    "SEGMENTATION_FAILED",
+    "VolumeTask",
+    "VolumesResult",
+    "segment_series",
+    "volume_rows",
+    "volume_task",
+    "volumes",
+]
+
+#: The model or the 3D chain raised on a series that assembled fine.
+SEGMENTATION_FAILED = "segmentation_failed"
+
+
+@dataclass(frozen=True)
+class VolumeTask:
+    """Everything an executor needs per series; pickled into the task closure."""
+
+    assemble: VolumeSettings
+    preprocess: VolumePreprocess
+    model: VolumeModel
+
+
+def volume_task(config: PipelineConfig) -> VolumeTask:
+    """The executor settings of ``config`` (``volumes.model`` must be set)."""
+    from medspark.errors import ConfigError
+    from medspark.onepass import limits
+    from medspark.volumes.transforms import as_triple
+
+    v = config.volumes
+    if v.model is None:
+        raise ConfigError("volumes.model", None, "a 3D model ({path, labels, ...})")
+    m = v.model
+    return VolumeTask(
+        assemble=VolumeSettings(max_voxels=v.max_voxels, limits=limits(config.ingest)),
+        preprocess=VolumePreprocess(
+            orientation=v.orientation,
+            target_spacing=as_triple(v.target_spacing),
+            intensity_range=None if v.intensity_range is None else tuple(v.intensity_range),  # type: ignore[arg-type]
+            spatial_size=None if v.spatial_size is None else tuple(v.spatial_size),  # type: ignore[arg-type]
+        ),
+        model=VolumeModel(
+            name=m.name,
+            version=m.version,
+            path=str(m.path),
+            labels=tuple(m.labels),
+            roi_size=tuple(m.roi_size),  # type: ignore[arg-type]
+            sw_batch_size=m.sw_batch_size,
+            overlap=m.overlap,
+            device=m.device,
+        ),
+    )
+
+
+def volume_rows(rows: list[dict[str, Any]], task: VolumeTask) -> list[dict[str, Any]]:
+    """The ``VOLUME_OUT`` rows of one series (its ``scans`` rows): one per label, or one error
+    row. Never raises for a bad series."""
+    from medspark.preprocess.udf import worker_rss_bytes
+    from medspark.volumes.assemble import assemble_volume
+    from medspark.volumes.segment import label_statistics, segment
+    from medspark.volumes.transforms import preprocess_volume, spacing_of
+
+    uid = rows[0]["series_instance_uid"]
+    model = task.model
+    base = {"series_instance_uid": uid, "model": model.name, "model_version": model.version}
+    t0 = time.perf_counter()
+    try:
+        volume = assemble_volume(rows, task.assemble)
+    except VolumeError as exc:
+        return [{**base, "error_class": exc.error_class, "error_message": str(exc)}]
+    t1 = time.perf_counter()
+    try:
+        image, affine = preprocess_volume(volume.array, volume.affine, task.preprocess)
+        slices = volume.array.shape[0]
+        del volume  # the preprocessed copy is all that is needed now
+        t2 = time.perf_counter()
+        labels = segment(image, model)
+        t3 = time.perf_counter()
+        stats = label_statistics(labels, affine, model.labels)
+    except Exception as exc:  # a model or transform failure is this series' error row
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())
+        return [
+            {
+                **base,
+                "error_class": SEGMENTATION_FAILED,
+                "error_message": f"series {uid}: {message}",
+            }
+        ]
+    common = {
+        **base,
+        "slices": slices,
+        "voxel_spacing": list(spacing_of(affine)),
+        "grid_shape": [int(n) for n in labels.shape],
+        "seconds_assemble": t1 - t0,
+        "seconds_preprocess": t2 - t1,
+        "seconds_infer": t3 - t2,
+        "rss_bytes": worker_rss_bytes(),
+    }
+    return [{**common, **s} for s in stats]
+
+
+def _group_function(task: VolumeTask) -> Any:
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    from medspark.tables.schemas import VOLUME_OUT
+
+    arrow_schema = to_arrow_schema(VOLUME_OUT)
+
+    def per_series(table: Any) -> Any:
+        import pyarrow as pa
+        import torch
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        torch.set_num_threads(max(1, ctx.cpus() if ctx is not None else 1))
+        rows = volume_rows(table.to_pylist(), task)
+        names = arrow_schema.names
+        return pa.Table.from_pylist([{n: r.get(n) for n in names} for r in rows], arrow_schema)
+
+    return per_series
+
+
+def segment_series(scans: DataFrame, config: PipelineConfig, task: VolumeTask) -> DataFrame:
+    """``scans`` -> ``VOLUME_OUT`` rows: each series of ``volumes.modalities`` with pixels,
+    assembled, preprocessed and segmented in one task (one group of ``applyInArrow``)."""
+    from medspark.tables.schemas import VOLUME_OUT
+
+    candidates = scans.where(
+        F.col("has_pixels")
+        & F.col("series_instance_uid").isNotNull()
+        & F.col("modality").isin(*config.volumes.modalities)
+    ).select(
+        *[c for c in VOLUME_INPUT_COLUMNS if c != "header_json"],
+        # The header travels only for the rows whose geometry is in it.
+        F.when(needs_header(), F.col("header_json")).alias("header_json"),
+    )
+    return candidates.groupBy("series_instance_uid").applyInArrow(_group_function(task), VOLUME_OUT)
+
+
+@dataclass
+class VolumesResult:
+    """What a ``medspark volumes`` run did; printed as its summary."""
+
+    run_id: str
+    series: int
+    segmented: int = 0
+    segments: int = 0
+    errors_by_class: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    model: str | None = None
+    errors_cleared: int = 0  # series_errors rows of earlier runs whose series succeeded now
+    peak_rss_bytes: int | None = None  # largest Python worker RSS after a segmented series
+
+    def summary(self) -> str:
+        lines = [
+            f"run {self.run_id}: {self.series} series in the series table, {self.seconds:.1f} s",
+        ]
+        if self.model is None:
+            lines.append("  no volumes.model configured: series table only")
+        else:
+            lines.append(
+                f"  {self.segmented} series segmented by {self.model} ({self.segments} label rows)"
+            )
+            if self.peak_rss_bytes:
+                lines.append(f"  peak worker memory {self.peak_rss_bytes / 2**20:.0f} MiB")
+            lines.append(f"  errors: {sum(self.errors_by_class.values())}")
+            for cls, n in sorted(self.errors_by_class.items()):
+                lines.append(f"    {cls:<24} {n}")
+            if self.errors_cleared:
+                lines.append(
+                    f"  {self.errors_cleared} error row(s) of earlier runs removed: "
+                    "those series are segmented now"
+                )
+        return "\n".join(lines)
+
+
+def volumes(spark: Any, config: PipelineConfig, run_id: str) -> VolumesResult:
+    """``medspark volumes``: rebuild ``series`` from all of ``scans``, then, with a
+    ``volumes.model``, segment every series of ``volumes.modalities`` into
+    ``series_segments`` and ``series_errors`` (MERGE: a rerun of the same model version adds
+    no row). The model is checked on the driver before any task starts."""
+    from delta.tables import DeltaTable
+
+    from medspark.tables.writers import concurrently, delete_matching, merge_into
+    from medspark.volumes.segment import check_volume_model
+    from medspark.volumes.series import build_series
+
+    start = time.monotonic()
+    task = volume_task(config) if config.volumes.model is not None else None
+    if task is not None:
+        check_volume_model(task.model)
+    scans = spark.read.format("delta").load(config.table_path("scans"))
+    series = build_series(scans, run_id).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        n_series = series.count()
+        merge_into(spark, series, config.table_path("series"), "series")
+    finally:
+        series.unpersist()
+    result = VolumesResult(run_id=run_id, series=n_series)
+    if task is None:
+        result.seconds = time.monotonic() - start
+        return result
+    errors_path = config.table_path("series_errors")
+    had_errors = DeltaTable.isDeltaTable(spark, errors_path)
+    out = segment_series(scans, config, task).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        counts = (
+            out.groupBy("error_class")
+            .agg(
+                F.count("*").alias("n"),
+                F.countDistinct("series_instance_uid").alias("s"),
+                F.max("rss_bytes").alias("rss"),
+            )
+            .collect()
+        )
+        segments = (
+            out.where(F.col("error_class").isNull())
+            .drop("error_class", "error_message")
+            .withColumns({"run_id": F.lit(run_id), "segmented_at": F.current_timestamp()})
+        )
+        errors = out.where(F.col("error_class").isNotNull()).select(
+            "series_instance_uid",
+            "model",
+            "model_version",
+            "error_class",
+            F.col("error_message").alias("message"),
+            F.lit(run_id).alias("run_id"),
+            F.current_timestamp().alias("recorded_at"),
+        )
+        concurrently(
+            lambda: merge_into(
+                spark, segments, config.table_path("series_segments"), "series_segments"
+            ),
+            lambda: merge_into(spark, errors, errors_path, "series_errors"),
+        )
+        if had_errors and any(r["error_class"] is None for r in counts):
+            # A series that failed in an earlier run (a damaged file since replaced) and is
+            # segmented now by the same model version leaves series_errors.
+            result.errors_cleared = delete_matching(spark, segments, errors_path, "series_errors")
+    finally:
+        out.unpersist()
+    for r in counts:
+        if r["error_class"] is None:
+            result.segmented, result.segments = int(r["s"]), int(r["n"])
+            result.peak_rss_bytes = r["rss"]
+        else:
+            result.errors_by_class[r["error_class"]] = int(r["n"])
+    result.model = f"{task.model.name} {task.model.version}"
+    result.seconds = time.monotonic() - start
+    return result

@@ -1,0 +1,148 @@
+"""Series as volumes on Spark: the ``series`` table from a real ingest of synthetic CT series."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medspark.config import PipelineConfig, VolumeModelConfig, VolumesConfig, with_overrides
+from medspark.volumes.synthetic import (
+    save_threshold_model,
+    sphere_hu,
+    sphere_volume_ml,
+    write_series,
+)
+
+# Anisotropic CT: 2.5 mm between slices, 0.8 x 0.7 mm pixels (rows, columns).
+SPACING = (2.5, 0.8, 0.7)
+SHAPE = (16, 40, 44)
+RADIUS = 11.0
+CENTER = (19.0, 15.6, 15.4)  # mm from the first voxel, (slice, row, column)
+ORIGIN = (-15.0, -20.0, 40.0)
+STUDY = "1.2.826.0.1.3680043.8.498.1"
+UIDS = {
+    "sphere": "1.2.826.0.1.3680043.8.498.11",
+    "missing": "1.2.826.0.1.3680043.8.498.12",
+    "mixed": "1.2.826.0.1.3680043.8.498.13",
+    "corrupt": "1.2.826.0.1.3680043.8.498.14",
+}
+
+
+@pytest.fixture(scope="module")
+def volumes_warehouse(spark, tmp_path_factory):
+    src = tmp_path_factory.mktemp("volumes_src")
+    hu = sphere_hu(SHAPE, SPACING, CENTER, RADIUS)
+    write_series(src / "a", hu, SPACING, series_uid=UIDS["sphere"], study_uid=STUDY, origin=ORIGIN)
+    write_series(
+        src / "b", hu, SPACING, series_uid=UIDS["missing"], study_uid=STUDY, skip=(5,), seed=1
+    )
+    write_series(src / "c", hu[:3], SPACING, series_uid=UIDS["mixed"], study_uid=STUDY, seed=2)
+    write_series(
+        src / "c2",
+        hu[3:4, :20, :20],
+        SPACING,
+        series_uid=UIDS["mixed"],
+        study_uid=STUDY,
+        first_slice=3,
+        seed=3,
+    )
+    corrupt = write_series(
+        src / "d", hu[:6], SPACING, series_uid=UIDS["corrupt"], study_uid=STUDY, seed=4
+    )
+    config = with_overrides(PipelineConfig(), warehouse=str(tmp_path_factory.mktemp("vol_wh")))
+    from medspark.pipeline import ingest
+
+    ingest(spark, [str(src)], config)
+    data = corrupt[2].read_bytes()
+    corrupt[2].write_bytes(data[:-100])  # a slice damaged after ingest
+    return {"config": config, "hu": hu, "corrupt": corrupt[2], "corrupt_bytes": data}
+
+
+def _rows(spark, config, name):
+    return spark.read.format("delta").load(config.table_path(name)).collect()
+
+
+def test_series_table_after_ingest(spark, volumes_warehouse, pseudo):
+    config = volumes_warehouse["config"]
+    by_uid = {r["series_instance_uid"]: r for r in _rows(spark, config, "series")}
+    # Keys are the pseudonyms scans holds, never the original UIDs.
+    assert set(by_uid) == {pseudo.uid(u) for u in UIDS.values()}
+    assert len(by_uid) == 4
+    scans_series = {r["series_instance_uid"] for r in _rows(spark, config, "scans")}
+    assert set(by_uid) == scans_series
+
+    sphere = by_uid[pseudo.uid(UIDS["sphere"])]
+    assert sphere["verdict"] == "regular" and sphere["verdict_detail"] is None
+    assert (sphere["instances"], sphere["frames"]) == (16, 16)
+    assert (sphere["rows"], sphere["columns"]) == (40, 44)
+    assert sphere["pixel_spacing"] == [0.8, 0.7]
+    assert sphere["slice_spacing"] == pytest.approx(2.5)
+    assert sphere["slice_thickness"] == pytest.approx(2.5)
+    assert sphere["first_position"] == pytest.approx(list(ORIGIN))
+    assert sphere["last_position"] == pytest.approx([ORIGIN[0], ORIGIN[1], ORIGIN[2] + 37.5])
+    assert sphere["orientation"] == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert sphere["acquisition_seconds"] == 15.0  # one slice a second (whole seconds in DICOM TM)
+    affine = np.array(sphere["affine"]).reshape(4, 4)
+    assert (affine @ [15, 39, 43, 1])[:3] == pytest.approx(
+        [ORIGIN[0] + 43 * 0.7, ORIGIN[1] + 39 * 0.8, ORIGIN[2] + 37.5]
+    )
+    assert sphere["modality"] == "CT" and sphere["body_part_examined"] == "CHEST"
+
+    missing = by_uid[pseudo.uid(UIDS["missing"])]
+    assert missing["verdict"] == "missing_slices" and missing["instances"] == 15
+    assert "1 missing" in missing["verdict_detail"]
+    assert "after slice 5 of 15 (at 10 mm)" in missing["verdict_detail"]
+    assert missing["affine"] is None
+
+    mixed = by_uid[pseudo.uid(UIDS["mixed"])]
+    assert mixed["verdict"] == "mixed_size" and "20x20" in mixed["verdict_detail"]
+
+
+def test_volumes_segments_the_sphere_and_reports_bad_series(
+    spark, volumes_warehouse, pseudo, tmp_path
+):
+    from medspark.volumes.steps import volumes
+
+    model = save_threshold_model(tmp_path / "threshold.ts", 0.5)
+    volume_config = VolumesConfig(
+        target_spacing=[1.0, 1.0, 1.0],
+        intensity_range=[-900.0, 60.0],
+        model=VolumeModelConfig(
+            path=str(model), labels=["sphere"], name="threshold", version="1", roi_size=[32] * 3
+        ),
+    )
+    config = with_overrides(volumes_warehouse["config"], volumes=volume_config)
+    result = volumes(spark, config, "test-volumes-run")
+    assert (result.series, result.segmented, result.segments) == (4, 1, 1)
+    assert result.peak_rss_bytes > 50 * 2**20  # a Python worker with torch loaded
+    assert result.errors_by_class == {"irregular_series": 2, "source_changed": 1}
+
+    (seg,) = _rows(spark, config, "series_segments")
+    assert seg["series_instance_uid"] == pseudo.uid(UIDS["sphere"])
+    assert (seg["label"], seg["model"], seg["model_version"]) == ("sphere", "threshold", "1")
+    truth = sphere_volume_ml(RADIUS)
+    assert abs(seg["volume_ml"] - truth) / truth < 0.03
+    center = np.array(ORIGIN) + [CENTER[2], CENTER[1], CENTER[0]]  # LPS: i->x, j->y, k->z
+    assert np.linalg.norm(np.array(seg["centroid"]) - center) < min(SPACING)
+    assert seg["slices"] == 16 and seg["voxel_spacing"] == pytest.approx([1.0, 1.0, 1.0])
+
+    errors = {r["series_instance_uid"]: r for r in _rows(spark, config, "series_errors")}
+    assert errors[pseudo.uid(UIDS["missing"])]["error_class"] == "irregular_series"
+    assert "missing_slices" in errors[pseudo.uid(UIDS["missing"])]["message"]
+    assert "mixed_size" in errors[pseudo.uid(UIDS["mixed"])]["message"]
+    damaged = errors[pseudo.uid(UIDS["corrupt"])]
+    assert damaged["error_class"] == "source_changed"
+    assert volumes_warehouse["corrupt"].name in damaged["message"]
+
+    # The damaged file restored: a second run segments that series too and clears its error
+    # row; the sphere's row is updated, not added again.
+    volumes_warehouse["corrupt"].write_bytes(volumes_warehouse["corrupt_bytes"])
+    again = volumes(spark, config, "test-volumes-rerun")
+    assert (again.segmented, again.errors_cleared) == (2, 1)
+    segments = _rows(spark, config, "series_segments")
+    assert sorted(r["series_instance_uid"] for r in segments) == sorted(
+        pseudo.uid(UIDS[k]) for k in ("sphere", "corrupt")
+    )
+    assert {r["run_id"] for r in segments} == {"test-volumes-rerun"}
+    remaining = {r["series_instance_uid"] for r in _rows(spark, config, "series_errors")}
+    assert remaining == {pseudo.uid(UIDS["missing"]), pseudo.uid(UIDS["mixed"])}
