@@ -15,6 +15,7 @@ import zipfile
 
 import pydicom
 import pytest
+from pydicom.encaps import encapsulate, generate_frames
 
 from medspark.config import DeidConfig, PipelineConfig, with_overrides
 from medspark.dicom.deid import Pseudonymizer
@@ -37,7 +38,6 @@ NAMES = (
     "examples_rgb_color.dcm",  # ultrasound without regions: withheld
     "rtdose.dcm",  # 15 frames
     "rtplan.dcm",  # no pixels
-    "MR_truncated.dcm",  # a frame whose pixel bytes are cut short
     "SC_rgb_rle_2frame.dcm",  # secondary capture, 2 frames
 )
 
@@ -59,6 +59,12 @@ def inputs(tmp_path_factory, test_files):
     for name in NAMES:
         shutil.copyfile(test_files / name, loose / name)
     (loose / "garbage.dcm").write_bytes(b"not a dicom file at all")
+    # A file that ingests but whose second frame cannot be decoded (its RLE segments cut).
+    ds = pydicom.dcmread(test_files / "SC_rgb_rle_2frame.dcm")
+    first, second = generate_frames(ds.PixelData, number_of_frames=2)
+    ds.PixelData = encapsulate([first, second[:100]])
+    ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["onepass-cut-frame"])
+    ds.save_as(loose / "cut_frame.dcm")
     with zipfile.ZipFile(root / "copy.zip", "w") as zf:  # the same CT again: duplicate_copy
         zf.write(test_files / "CT_small.dcm", "again/CT_small.dcm")
     return [str(loose), str(root / "copy.zip")]
@@ -75,7 +81,7 @@ def test_process_units_yields_each_item_once_then_its_frames(inputs):
     scans = [r for r in rows if r["kind"] == SCAN]
     errors = [r for r in rows if r["kind"] == INGEST_ERROR]
     frames = [r for r in rows if r["kind"] == FRAME]
-    assert len(scans) == len(NAMES) + 1 and [e["error_class"] for e in errors] == ["not_dicom"]
+    assert len(scans) == len(NAMES) + 2 and [e["error_class"] for e in errors] == ["not_dicom"]
     # De-identified before anything leaves the item: the frames carry the pseudonymous UID.
     ct = pydicom.dcmread(inputs[0] + "/CT_small.dcm", stop_before_pixels=True)
     pseudo = settings.pseudonymizer.uid(ct.SOPInstanceUID)

@@ -556,6 +556,30 @@ ECG_METRICS = StructType(
         _f("reason", StringType(), True, "why the metrics are null (too short, flat, noisy)"),
         _f("method", StringType(), True, "library and version that measured, e.g. neurokit2"),
     ]
+    + _RUN_FIELDS
+    + [_f("computed_at", TimestampType(), False, "when this row was written (UTC)")]
+)
+
+#: ``waveform_errors``: an instance with a Waveform Sequence that could not be decoded.
+WAVEFORM_ERRORS = StructType(
+    [
+        _f("sop_instance_uid", StringType(), False, "the instance (scans.sop_instance_uid)"),
+        _f("multiplex_group", IntegerType(), True, "the bad group; null: the whole instance"),
+        _f("source_uri", StringType(), True),
+        _f("archive_member", StringType(), True),
+        _f(
+            "error_class",
+            StringType(),
+            False,
+            "bad_channel_definition, waveform_data_too_short, unsupported_waveform, "
+            "waveform_too_large, no_waveform, unreadable_waveform, source_changed, unreadable",
+        ),
+        _f("message", StringType(), False, "the reason, naming the file"),
+    ]
+    + _RUN_FIELDS
+    + [_f("recorded_at", TimestampType(), False, "when this row was written (UTC)")]
+)
+
 #: One ``series`` row before its run fields: what :func:`medspark.volumes.series.summarise_series`
 #: returns (see :mod:`medspark.volumes.geometry` for the verdicts).
 SERIES_SUMMARY = StructType(
@@ -616,13 +640,6 @@ SERIES = StructType(
     + [_f("computed_at", TimestampType(), False, "when this row was written (UTC)")]
 )
 
-#: ``waveform_errors``: an instance with a Waveform Sequence that could not be decoded.
-WAVEFORM_ERRORS = StructType(
-    [
-        _f("sop_instance_uid", StringType(), False, "the instance (scans.sop_instance_uid)"),
-        _f("multiplex_group", IntegerType(), True, "the bad group; null: the whole instance"),
-        _f("source_uri", StringType(), True),
-        _f("archive_member", StringType(), True),
 _LPS = "three doubles, mm, patient coordinates LPS"
 
 #: What the volume task returns per series: one row per label, or one error row.
@@ -696,10 +713,6 @@ SERIES_ERRORS = StructType(
             "error_class",
             StringType(),
             False,
-            "bad_channel_definition, waveform_data_too_short, unsupported_waveform, "
-            "waveform_too_large, no_waveform, unreadable_waveform, source_changed, unreadable",
-        ),
-        _f("message", StringType(), False, "the reason, naming the file"),
             "irregular_series, series_too_large, not_monochrome, unreadable, source_changed, "
             "undecodable_file, undecodable_frame, segmentation_failed (or the reader's class)",
         ),

@@ -96,7 +96,8 @@ def volume_rows(rows: list[dict[str, Any]], task: VolumeTask) -> list[dict[str, 
     try:
         volume = assemble_volume(rows, task.assemble)
     except VolumeError as exc:
-        return [{**base, "error_class": exc.error_class, "error_message": str(exc)}]
+        message = _keys_for_paths(str(exc), rows)
+        return [{**base, "error_class": exc.error_class, "error_message": message}]
     t1 = time.perf_counter()
     try:
         image, affine = preprocess_volume(volume.array, volume.affine, task.preprocess)
@@ -128,6 +129,20 @@ def volume_rows(rows: list[dict[str, Any]], task: VolumeTask) -> list[dict[str, 
     return [{**common, **s} for s in stats]
 
 
+def _keys_for_paths(message: str, rows: list[dict[str, Any]]) -> str:
+    """``message`` with each instance's path replaced by its location key (``series_errors``
+    is an analyst table; see :func:`segment_series`)."""
+    from medspark.dicom.deid import redact_location
+
+    for r in rows:
+        key = r.get("location_key")
+        if key is not None and key != r["source_uri"]:
+            message = redact_location(
+                message, r["source_uri"], r["archive_member"], key, r.get("member_key")
+            )
+    return message
+
+
 def _group_function(task: VolumeTask) -> Any:
     from pyspark.sql.pandas.types import to_arrow_schema
 
@@ -152,6 +167,7 @@ def _group_function(task: VolumeTask) -> Any:
 def segment_series(scans: DataFrame, config: PipelineConfig, task: VolumeTask) -> DataFrame:
     """``scans`` -> ``VOLUME_OUT`` rows: each series of ``volumes.modalities`` with pixels,
     assembled, preprocessed and segmented in one task (one group of ``applyInArrow``)."""
+    from medspark.pipeline import with_paths
     from medspark.tables.schemas import VOLUME_OUT
 
     candidates = scans.where(
@@ -162,7 +178,12 @@ def segment_series(scans: DataFrame, config: PipelineConfig, task: VolumeTask) -
         *[c for c in VOLUME_INPUT_COLUMNS if c != "header_json"],
         # The header travels only for the rows whose geometry is in it.
         F.when(needs_header(), F.col("header_json")).alias("header_json"),
+        # The location keys stay beside the paths: error messages name files by their key.
+        F.col("source_uri").alias("location_key"),
+        F.col("archive_member").alias("member_key"),
     )
+    # Files are read at their paths (restricted_locations), as preprocess reads them.
+    candidates = with_paths(scans.sparkSession, config, candidates)
     return candidates.groupBy("series_instance_uid").applyInArrow(_group_function(task), VOLUME_OUT)
 
 
