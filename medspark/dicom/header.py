@@ -20,13 +20,18 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-# Error classes raised here (the data source adds the archive-level ones).
-NOT_DICOM = "not_dicom"
-TRUNCATED = "truncated"
-INVALID_DICOM = "invalid_dicom"
-MISSING_UID = "missing_sop_instance_uid"
-BOMB = "decompression_bomb"
-TOO_LARGE = "too_large"
+from medspark.tables.error_classes import (
+    DECOMPRESSION_BOMB,
+    INVALID_DICOM,
+    NOT_DICOM,
+    TOO_LARGE,
+    TRUNCATED,
+)
+from medspark.tables.error_classes import MISSING_SOP_INSTANCE_UID as MISSING_UID
+
+# Error classes raised here (declared in medspark.tables.error_classes; the data source adds the
+# archive-level ones): NOT_DICOM, TRUNCATED, INVALID_DICOM, MISSING_UID, BOMB, TOO_LARGE.
+BOMB = DECOMPRESSION_BOMB
 
 DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
 _INFLATE_CHUNK = 16 * 1024 * 1024
