@@ -83,3 +83,22 @@ def test_restricted_table_left_in_the_warehouse_is_refused(tmp_path):
         ensure_restricted_root(config)
     text = str(err.value)
     assert "restricted_warehouse" in text and "mv " in text and "restricted_acquisitions" in text
+
+
+def test_shipped_yaml_lists_every_key():
+    import yaml
+
+    from medspark.config import to_dict
+
+    def keys(data, prefix=""):
+        out = set()
+        for k, v in data.items():
+            out.add(prefix + k)
+            if isinstance(v, dict) and k != "conf":
+                out |= keys(v, f"{prefix}{k}.")
+            if isinstance(v, list) and v and isinstance(v[0], dict) and k == "models":
+                out |= {f"{prefix}{k}[].{m}" for m in v[0]}
+        return out
+
+    shipped = yaml.safe_load((REPO / "conf" / "pipeline.yaml").read_text())
+    assert keys(shipped) == keys(to_dict(PipelineConfig()))
