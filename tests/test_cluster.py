@@ -30,7 +30,7 @@ from medspark.metrics.runs import RunRecord
 from medspark.pipeline import run_all
 from medspark.session import cached_delta_jars, delta_coordinates
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.spark, pytest.mark.subprocess]
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # pyspark installs spark-class and spark-submit here
