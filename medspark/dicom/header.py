@@ -141,24 +141,22 @@ def _text(ds: Any, keyword: str) -> str | None:
     return text or None
 
 
-def _int(ds: Any, keyword: str) -> int | None:
+def _number(ds: Any, keyword: str, kind: Callable[[Any], Any]) -> Any:
     value = ds.get(keyword)
     if value is None or value == "":
         return None
     try:
-        return int(value)
+        return kind(value)
     except (TypeError, ValueError):
         return None
+
+
+def _int(ds: Any, keyword: str) -> int | None:
+    return _number(ds, keyword, int)
 
 
 def _float(ds: Any, keyword: str) -> float | None:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+    return _number(ds, keyword, float)
 
 
 def _floats(ds: Any, keyword: str) -> list[float] | None:
