@@ -14,10 +14,10 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from medspark.tables.schemas import BOOKKEEPING_COLUMNS
+
 #: Columns that differ between two runs by design: which run wrote the row, and when.
-RUN_COLUMNS = frozenset(
-    {"run_id", "ingested_at", "recorded_at", "processed_at", "predicted_at", "evaluated_at"}
-)
+RUN_COLUMNS = BOOKKEEPING_COLUMNS
 
 
 def rows_of(table: Any, columns: Sequence[str] | None = None, drop: Iterable[str] = ()) -> list:
