@@ -175,7 +175,16 @@ def test_split_frame_ranges_give_the_same_rows(spark, processed):
     ):
         parts = spark.read.format("delta").load(split.table_path(table))
         whole = _load(spark, processed, table)
-        assert_rows_equal(parts, whole, ["sop_instance_uid", "frame"], columns=cols, what=table)
+        # No bundled file fails preprocessing since GDCM decodes JPEG-lossy.dcm: an empty
+        # preprocess_errors on both sides is the expected outcome here, not a vacuous pass.
+        assert_rows_equal(
+            parts,
+            whole,
+            ["sop_instance_uid", "frame"],
+            columns=cols,
+            what=table,
+            allow_empty=table == "preprocess_errors",
+        )
 
 
 def test_burned_in_frames_are_cleaned_or_withheld(spark, processed):
