@@ -33,6 +33,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from medspark.synthetic import set_hu_pixels
+
 Compression = Literal["jpeg2000", "rle"] | None
 COMPRESSIONS: dict[str, str] = {"jpeg2000": JPEG2000Lossless, "rle": RLELossless}
 
@@ -159,21 +161,11 @@ def ct_dataset(
     ds.ImagePositionPatient = [-half, -half, z]
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     ds.SliceLocation = z
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = ds.Columns = size
+    set_hu_pixels(ds, hu)  # size x size, stored = HU + 1024
     ds.PixelSpacing = [_PIXEL_SPACING_MM, _PIXEL_SPACING_MM]
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 1
     ds.WindowCenter = 40
     ds.WindowWidth = 400
-    ds.RescaleIntercept = -1024
-    ds.RescaleSlope = 1
     ds.RescaleType = "HU"
-    stored = (hu.astype(np.int32) + 1024).astype(np.int16)  # HU = stored * 1 - 1024
-    ds.PixelData = stored.tobytes()
     return ds
 
 

@@ -23,6 +23,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from medspark.errors import ConfigError
+from medspark.validation import Allowed
 
 DEFAULT_CONFIG_PATH = Path("conf") / "pipeline.yaml"
 
@@ -30,10 +31,14 @@ _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MIB = 1024 * 1024
 
 
-def _meta(
-    *, minimum: float | None = None, maximum: float | None = None, pattern: str | None = None
-) -> dict[str, object]:
-    return {"minimum": minimum, "maximum": maximum, "pattern": pattern}
+def _meta(**allowed: Any) -> dict[str, object]:
+    """Field metadata: the values the key allows (its kind comes from the annotation)."""
+    return {"allowed": Allowed(**allowed)}
+
+
+#: ``preprocess.output_size``: the side of the square model tensor (also checked by
+#: :func:`medspark.preprocess.chain.build_chain`).
+OUTPUT_SIZE = Allowed(int, minimum=8, maximum=4096)
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,7 @@ class PreprocessConfig:
     window: str | list[float] = "auto"
     steps: list[dict[str, Any]] = field(default_factory=_default_steps)
     mask: list[dict[str, Any]] | None = field(default_factory=_default_mask)
-    output_size: int = field(default=224, metadata=_meta(minimum=8, maximum=4096))
+    output_size: int = field(default=224, metadata={"allowed": OUTPUT_SIZE})
     thumbnail_size: int = field(default=128, metadata=_meta(minimum=16, maximum=1024))
     # Frames per output Arrow batch: bounds executor memory for large tensors.
     frames_per_batch: int = field(default=64, metadata=_meta(minimum=1))
@@ -418,9 +423,9 @@ def _type_name(tp: object) -> str:
         return "a mapping of strings"
     if tp is type(None):
         return "null"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )
+    if tp in (int, float, str, bool):
+        return Allowed(tp).describe()
+    return getattr(tp, "__name__", str(tp))
 
 
 def _coerce(key: str, value: object, tp: Any, meta: Mapping[str, object]) -> object:
@@ -441,9 +446,7 @@ def _coerce(key: str, value: object, tp: Any, meta: Mapping[str, object]) -> obj
             raise errors[0]
         raise ConfigError(key, value, _type_name(tp))
     if origin is Literal:
-        if value not in get_args(tp):
-            raise ConfigError(key, value, [str(a) for a in get_args(tp)])
-        return value
+        return Allowed(choices=get_args(tp)).check(key, value)
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(key, value, "a mapping")
@@ -457,45 +460,10 @@ def _coerce(key: str, value: object, tp: Any, meta: Mapping[str, object]) -> obj
         return [_coerce(f"{key}[{i}]", v, arg, {}) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(key, value, "true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, value, _bounds_text("an integer", meta))
-        _check_bounds(key, value, meta)
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(key, value, _bounds_text("a number", meta))
-        _check_bounds(key, float(value), meta)
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(key, value, "a string")
-        pattern = meta.get("pattern")
-        if isinstance(pattern, str) and not re.fullmatch(pattern, value):
-            raise ConfigError(key, value, f"a string matching {pattern}")
-        return value
+    if tp in (int, float, str, bool):
+        allowed = typing.cast(Allowed, meta.get("allowed") or Allowed())
+        return dataclasses.replace(allowed, kind=tp).check(key, value)
     raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug in this module
-
-
-def _bounds_text(kind: str, meta: Mapping[str, object]) -> str:
-    lo, hi = meta.get("minimum"), meta.get("maximum")
-    if lo is not None and hi is not None:
-        return f"{kind} from {lo} to {hi}"
-    if lo is not None:
-        return f"{kind} >= {lo}"
-    if hi is not None:
-        return f"{kind} <= {hi}"
-    return kind
-
-
-def _check_bounds(key: str, value: float, meta: Mapping[str, object]) -> None:
-    lo, hi = meta.get("minimum"), meta.get("maximum")
-    if (isinstance(lo, int | float) and value < lo) or (isinstance(hi, int | float) and value > hi):
-        raise ConfigError(key, value, _bounds_text("a number", meta))
 
 
 def _build(cls: Any, data: object, prefix: str) -> Any:

@@ -24,10 +24,9 @@ from pyspark.sql import functions as F
 
 from medspark.config import PipelineConfig
 from medspark.sources import dicom_source
+from medspark.tables.error_classes import DUPLICATE_COPY
+from medspark.tables.error_classes import DUPLICATE_SOP_INSTANCE as DUPLICATE_SOP
 from medspark.tables.schemas import HEADER_FIELDS, SOURCE_FIELDS
-
-DUPLICATE_SOP = "duplicate_sop_instance"
-DUPLICATE_COPY = "duplicate_copy"
 
 
 def read_instances(spark: Any, sources: Sequence[str], config: PipelineConfig) -> DataFrame:

@@ -103,6 +103,20 @@ def ct_dataset(
     ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = acquired.strftime("%Y%m%d")
     ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = acquired.strftime("%H%M%S")
     ds.InstanceNumber = instance_number
+    set_hu_pixels(ds, hu)
+    ds.WindowCenter = window[0]
+    ds.WindowWidth = window[1]
+    ds.PixelSpacing = [spacing_mm, spacing_mm]
+    ds.SliceThickness = 1.0
+    return ds
+
+
+def set_hu_pixels(ds: Any, hu: np.ndarray) -> None:
+    """The Image Pixel module of a CT slice holding ``hu`` (rows x columns Hounsfield units).
+
+    Stored values are HU + 1024 as signed 16-bit with Rescale Slope 1 / Intercept -1024, the
+    common CT encoding.
+    """
     ds.Rows, ds.Columns = hu.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -112,12 +126,7 @@ def ct_dataset(
     ds.PixelRepresentation = 1
     ds.RescaleSlope = 1
     ds.RescaleIntercept = -1024
-    ds.WindowCenter = window[0]
-    ds.WindowWidth = window[1]
-    ds.PixelSpacing = [spacing_mm, spacing_mm]
-    ds.SliceThickness = 1.0
     ds.PixelData = (hu.astype(np.int32) + 1024).astype(np.int16).tobytes()
-    return ds
 
 
 def ct_slice_bytes(spec: SliceSpec, size: int = 256, **kwargs: Any) -> bytes:

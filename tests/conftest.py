@@ -15,6 +15,13 @@ TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 os.environ.setdefault("MEDSPARK_DEID_SECRET", "medspark-test-secret")
 
 
+def pytest_collection_modifyitems(items):
+    """Every test that uses the ``spark`` fixture is a ``spark`` test, marked or not."""
+    for item in items:
+        if "spark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.spark)
+
+
 @pytest.fixture(scope="session")
 def pseudo():
     """The pseudonymizer the pipeline uses with the default config and the test secret."""

@@ -50,6 +50,7 @@ def test_bad_invocation_exits_2_before_spark(tmp_path, capsys, argv, named):
 
 
 @pytest.mark.spark
+@pytest.mark.subprocess
 def test_medspark_run_end_to_end(tmp_path, test_files):
     src = tmp_path / "in"
     src.mkdir()
@@ -86,6 +87,7 @@ def test_medspark_run_end_to_end(tmp_path, test_files):
 
 
 @pytest.mark.spark
+@pytest.mark.subprocess
 def test_medspark_ingest_stream_takes_each_file_once(tmp_path, test_files):
     landing = tmp_path / "landing"
     landing.mkdir()

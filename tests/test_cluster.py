@@ -23,20 +23,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import RUN_COLUMNS, assert_rows_equal
 from pyspark.sql import functions as F
 
 from medspark.config import PipelineConfig, with_overrides
 from medspark.metrics.runs import RunRecord
 from medspark.pipeline import run_all
 from medspark.session import cached_delta_jars, delta_coordinates
+from medspark.tables.schemas import TABLES
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.spark, pytest.mark.subprocess]
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # pyspark installs spark-class and spark-submit here
-
-# Columns that differ between two runs by design: which run wrote the row, and when.
-RUN_COLUMNS = {"run_id", "ingested_at", "recorded_at", "processed_at", "predicted_at"}
 
 
 def _free_port() -> int:
@@ -195,33 +194,32 @@ def runs(spark, standalone, sources, tmp_path_factory) -> dict[str, Path]:
     return {"local": local, "cluster": cluster, "stdout": proc.stdout}
 
 
-def _rows(spark, warehouse: Path, table: str) -> list[tuple]:
-    df = spark.read.format("delta").load(str(warehouse / table))
-    cols = [c for c in df.columns if c not in RUN_COLUMNS]
-    return sorted(tuple(r) for r in df.select(cols).collect())
+def _table(spark, warehouse: Path, table: str):
+    return spark.read.format("delta").load(str(warehouse / table))
 
 
 @pytest.mark.parametrize(
     "table", ["scans", "ingest_errors", "images", "preprocess_errors", "scanner_utilization"]
 )
 def test_cluster_tables_equal_local_run(spark, runs, table):
-    local = _rows(spark, runs["local"], table)
-    assert local, f"{table} is empty: the comparison would prove nothing"
-    assert _rows(spark, runs["cluster"], table) == local
+    assert_rows_equal(
+        _table(spark, runs["cluster"], table),
+        _table(spark, runs["local"], table),
+        keys=TABLES[table][1],
+        drop=RUN_COLUMNS,
+        what=table,
+    )
 
 
 def test_cluster_predictions_equal_local_run(spark, runs):
-    def rows(wh: Path) -> list[tuple]:
-        df = spark.read.format("delta").load(str(wh / "predictions"))
-        return sorted(
-            (r["sop_instance_uid"], r["frame"], r["model"], r["label"], r["probabilities"])
-            for r in df.collect()
-        )
-
-    local, cluster = rows(runs["local"]), rows(runs["cluster"])
-    assert [r[:4] for r in cluster] == [r[:4] for r in local] and local
-    for a, b in zip(local, cluster, strict=True):
-        assert b[4] == pytest.approx(a[4], abs=1e-5)
+    assert_rows_equal(
+        _table(spark, runs["cluster"], "predictions"),
+        _table(spark, runs["local"], "predictions"),
+        keys=TABLES["predictions"][1],
+        drop=RUN_COLUMNS,
+        approx=["score", "probabilities"],  # float noise of batching
+        what="predictions",
+    )
 
 
 def test_cluster_run_is_recorded_with_its_master(spark, runs, standalone):

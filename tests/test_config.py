@@ -83,3 +83,63 @@ def test_restricted_table_left_in_the_warehouse_is_refused(tmp_path):
         ensure_restricted_root(config)
     text = str(err.value)
     assert "restricted_warehouse" in text and "mv " in text and "restricted_acquisitions" in text
+
+
+def test_shipped_yaml_lists_every_key():
+    import yaml
+
+    from medspark.config import to_dict
+
+    def keys(data, prefix=""):
+        out = set()
+        for k, v in data.items():
+            out.add(prefix + k)
+            if isinstance(v, dict) and k != "conf":
+                out |= keys(v, f"{prefix}{k}.")
+            if isinstance(v, list) and v and isinstance(v[0], dict) and k == "models":
+                out |= {f"{prefix}{k}[].{m}" for m in v[0]}
+        return out
+
+    shipped = yaml.safe_load((REPO / "conf" / "pipeline.yaml").read_text())
+    assert keys(shipped) == keys(to_dict(PipelineConfig()))
+
+
+def test_config_and_ops_share_one_validator():
+    from medspark.preprocess.chain import build_chain
+    from medspark.preprocess.ops import OPS
+    from medspark.validation import Allowed
+
+    # output_size: one rule, whether the YAML or build_chain checks it.
+    with pytest.raises(ConfigError) as from_yaml:
+        config_from_dict({"preprocess": {"output_size": 5000}})
+    with pytest.raises(ConfigError) as from_chain:
+        build_chain([], None, 5000)
+    assert str(from_yaml.value) == str(from_chain.value)
+    assert from_yaml.value.allowed == "an integer from 8 to 4096"
+    # The same words for a config key and an op parameter.
+    assert isinstance(OPS["median_blur"].params["ksize"].allowed, Allowed)
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"preprocess": {"steps": [{"op": "median_blur", "ksize": 4}]}})
+    assert err.value.key == "preprocess.steps[0].ksize" and err.value.value == 4
+    assert err.value.allowed == "an odd integer from 3 to 255"
+
+
+def test_allowed_describes_and_checks():
+    from medspark.validation import Allowed
+
+    assert Allowed(int, minimum=1, maximum=8).check("k", 3) == 3
+    assert Allowed(float, minimum=0.0).check("k", 2) == 2.0  # an int is a number
+    for rule, bad in (
+        (Allowed(int, minimum=1, maximum=8), True),  # a bool is not a number
+        (Allowed(int, minimum=1), 1.5),
+        (Allowed(float, minimum=0.0, above=True, finite=True), float("nan")),
+        (Allowed(str, pattern=r"^\w+$"), "a b"),
+        (Allowed(choices=("b", "a")), "c"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            rule.check("k", bad)
+        assert err.value.key == "k" and err.value.allowed == rule.describe()
+    assert Allowed(choices=("b", "a")).describe() == "one of: a, b"
+    assert Allowed(float, minimum=0.0, above=True, finite=True).describe() == (
+        "a finite number > 0.0"
+    )

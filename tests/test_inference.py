@@ -113,7 +113,15 @@ def test_state_dict_format_loads_named_architecture(tmp_path):
     cfg = ModelConfig(
         name="sd", path=str(path), format="state_dict", architecture="medspark_small_cnn"
     )
-    check_model(cfg)
+    check_model(cfg)  # raises when the weights do not fit the named architecture
+    loaded = load_model(cfg)
+    x = torch.rand(2, 1, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.allclose(loaded(x), model.eval()(x))  # the very weights saved
+    three = tmp_path / "three.pt"
+    torch.save(small_cnn(1, 3).state_dict(), three)
+    with pytest.raises(ConfigError, match="inference.models"):
+        check_model(dataclasses.replace(cfg, path=str(three)))
     with pytest.raises(ConfigError, match="architecture"):
         ModelConfig(name="sd", path=str(path), format="state_dict")
 

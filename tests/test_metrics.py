@@ -46,7 +46,11 @@ def test_every_table_exists_and_delta_rs_reads_it(spark, flow):
         "scanner_utilization",
     ):
         path = flow["config"].table_path(name)
-        assert DeltaTable(path).to_pyarrow_table().num_rows == _table(spark, flow, name).count()
+        rows = _table(spark, flow, name).count()
+        assert DeltaTable(path).to_pyarrow_table().num_rows == rows, name
+        # Both readers agreeing on an empty table would prove nothing: every input is valid
+        # DICOM, so ingest_errors alone is empty (and must be).
+        assert (rows == 0) == (name == "ingest_errors"), f"{name}: {rows} rows"
 
 
 def test_job_run_row_matches_the_tables(spark, flow):
@@ -56,7 +60,7 @@ def test_job_run_row_matches_the_tables(spark, flow):
     assert run.deid_table_edition == "2026c"
     rows_out = json.loads(run.rows_out)
     for name in ("scans", "images", "predictions"):
-        assert rows_out[name] == _table(spark, flow, name).count(), name
+        assert rows_out[name] == _table(spark, flow, name).count() > 0, name
     assert run.items_in == N_PATIENTS * SLICES + 2
     assert run.images_per_second > 0 and run.seconds > 0
     assert run.spark_version and run.delta_version and run.torch_version

@@ -110,6 +110,7 @@ def test_notebook_is_stored_without_outputs():
 
 
 @pytest.mark.spark
+@pytest.mark.subprocess
 def test_notebook_runs_on_demo_warehouse(demo_warehouse, tmp_path, monkeypatch):
     nb = _run_notebook(demo_warehouse, tmp_path, monkeypatch)
     outputs = _outputs(nb)
@@ -122,6 +123,7 @@ def test_notebook_runs_on_demo_warehouse(demo_warehouse, tmp_path, monkeypatch):
 
 
 @pytest.mark.spark
+@pytest.mark.subprocess
 def test_notebook_skips_missing_tables(demo_warehouse, tmp_path, monkeypatch):
     partial = tmp_path / "partial-warehouse"
     for name in ("scans", "ingest_errors"):

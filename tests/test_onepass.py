@@ -9,12 +9,12 @@ every table must hold the same rows, apart from run ids, times and worker timing
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import zipfile
 
 import pydicom
 import pytest
+from helpers import RUN_COLUMNS, assert_rows_equal
 from pydicom.encaps import encapsulate, generate_frames
 
 from medspark.config import DeidConfig, PipelineConfig, with_overrides
@@ -30,6 +30,7 @@ from medspark.onepass import (
 )
 from medspark.pipeline import preprocess_settings
 from medspark.sources.dicom_source import plan_partitions
+from medspark.tables.schemas import TABLES
 
 NAMES = (
     "CT_small.dcm",
@@ -136,23 +137,8 @@ def test_burned_in_rule_is_the_sql_rule(spark, test_files):
     assert sql == python and sum(v is not None for v in sql.values()) >= 5
 
 
-def _rows(spark, config, table, drop):
-    df = spark.read.format("delta").load(config.table_path(table))
-    columns = [c for c in df.columns if c not in drop]
-    return sorted(
-        (tuple(r[c] for c in columns) for r in df.select(*columns).collect()), key=repr
-    ), columns
-
-
-VOLATILE = {
-    "run_id",
-    "ingested_at",
-    "recorded_at",
-    "processed_at",
-    "predicted_at",
-    "score",
-    "probabilities",
-}
+def _table(spark, config, table):
+    return spark.read.format("delta").load(config.table_path(table))
 
 
 @pytest.mark.spark
@@ -189,25 +175,28 @@ def test_run_equals_ingest_preprocess_infer(spark, inputs, tmp_path, where):
         "restricted_images",
         "restricted_phi_map",
     ):
-        a, cols = _rows(spark, steps, table, VOLATILE)
-        b, _ = _rows(spark, onepass, table, VOLATILE)
-        assert a == b, f"{table} differs ({cols})"
-        assert a, table
+        assert_rows_equal(
+            _table(spark, onepass, table),
+            _table(spark, steps, table),
+            keys=TABLES[table][1],
+            drop=RUN_COLUMNS,
+            what=table,
+        )
     # Predictions: the same frames and labels; scores equal up to float noise of batching.
-    a = spark.read.format("delta").load(steps.table_path("predictions")).collect()
-    b = spark.read.format("delta").load(onepass.table_path("predictions")).collect()
-    key = lambda r: (r.sop_instance_uid, r.frame)  # noqa: E731
-    assert [(key(r), r.label) for r in sorted(a, key=key)] == [
-        (key(r), r.label) for r in sorted(b, key=key)
-    ]
-    for x, y in zip(sorted(a, key=key), sorted(b, key=key), strict=True):
-        assert math.isclose(x.score, y.score, rel_tol=1e-5, abs_tol=1e-6)
+    assert_rows_equal(
+        _table(spark, onepass, "predictions"),
+        _table(spark, steps, "predictions"),
+        keys=TABLES["predictions"][1],
+        drop=RUN_COLUMNS,
+        approx=["score", "probabilities"],
+        what="predictions",
+    )
+    b = _table(spark, onepass, "predictions").collect()
     assert inferred.frames == len(b) == preprocessed.frames
 
     # A second run of the same input changes no row count and adds none (MERGE path).
     again = run_all(spark, inputs, onepass, RunRecord(run_id="pass-2", job="run"))
     assert again[0].scans_inserted == 0 and again[0].scans_updated == ingested.scans
     for table in ("scans", "ingest_errors", "images", "predictions", "restricted_acquisitions"):
-        first, _ = _rows(spark, steps, table, VOLATILE)
-        now, _ = _rows(spark, onepass, table, VOLATILE)
-        assert len(now) == len(first), table
+        first = _table(spark, steps, table).count()
+        assert _table(spark, onepass, table).count() == first, table

@@ -279,17 +279,17 @@ def test_colour_display_keeps_bit_depth_not_minmax():
 # ------------------------------------------------------------------ MONOCHROME1
 
 
-def test_no_monochrome1_file_is_bundled():
-    # Documents why the next test builds its own MONOCHROME1 image.
-    found = []
-    for path in DATA.glob("*.dcm"):
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        except Exception:
-            continue
-        if ds.get("PhotometricInterpretation", "") == "MONOCHROME1":
-            found.append(path.name)
-    assert found == []
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm"])
+def test_monochrome1_is_read_from_compressed_files(name):
+    # pydicom bundles no MONOCHROME1 file: relabel compressed ones; medspark must report the
+    # interpretation, keep the modality values and invert only the display.
+    ds = pydicom.dcmread(tf(name))
+    (m2,) = frames(to_bytes(ds))
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    (m1,) = frames(to_bytes(ds))
+    assert (m2.photometric, m1.photometric) == ("MONOCHROME2", "MONOCHROME1")
+    assert m1.error is None and np.array_equal(m1.pixels, m2.pixels)
+    assert np.array_equal(to_display(m1).astype(int), 255 - to_display(m2).astype(int))
 
 
 def test_monochrome1_displays_inverted():

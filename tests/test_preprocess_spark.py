@@ -11,6 +11,7 @@ from urllib.parse import unquote
 import cv2
 import numpy as np
 import pytest
+from helpers import assert_rows_equal
 
 from medspark.config import PipelineConfig, with_overrides
 from medspark.dicom.pixels import DicomPixelError, iter_frames, to_display
@@ -172,9 +173,18 @@ def test_split_frame_ranges_give_the_same_rows(spark, processed):
         ("images", ["sop_instance_uid", "frame", "tensor", "mask_area_px", "thumbnail_png"]),
         ("preprocess_errors", ["sop_instance_uid", "frame", "error_class"]),
     ):
-        whole = sorted(tuple(r) for r in _load(spark, processed, table).select(cols).collect())
         parts = spark.read.format("delta").load(split.table_path(table))
-        assert sorted(tuple(r) for r in parts.select(cols).collect()) == whole, table
+        whole = _load(spark, processed, table)
+        # No bundled file fails preprocessing since GDCM decodes JPEG-lossy.dcm: an empty
+        # preprocess_errors on both sides is the expected outcome here, not a vacuous pass.
+        assert_rows_equal(
+            parts,
+            whole,
+            ["sop_instance_uid", "frame"],
+            columns=cols,
+            what=table,
+            allow_empty=table == "preprocess_errors",
+        )
 
 
 def test_burned_in_frames_are_cleaned_or_withheld(spark, processed):

@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from helpers import assert_rows_equal
 
 from medspark.config import PipelineConfig, with_overrides
 from medspark.errors import MedsparkError
@@ -113,25 +114,23 @@ def test_streamed_tables_equal_a_batch_ingest_of_the_same_files(rounds, spark, t
     files = sorted(str(p) for p in landing.rglob("*") if p.is_file() and not p.name.startswith("."))
     ingest(spark, files, config)
 
-    def rows(wh: Path, table: str, cols: list[str]) -> list[tuple]:
-        df = spark.read.format("delta").load(str(wh / table))
-        return sorted(tuple(r) for r in df.select(cols).collect())
+    def table(wh: Path, name: str):
+        return spark.read.format("delta").load(str(wh / name))
 
     streamed, batch = rounds["warehouse"], tmp_path
     sops = ["sop_instance_uid"]
-    assert rows(batch, "scans", sops) == rows(streamed, "scans", sops)
+    assert_rows_equal(table(streamed, "scans"), table(batch, "scans"), sops, columns=sops)
     assert _locations(spark, batch) and sorted(_locations(spark, batch)) == sorted(
         _locations(spark, streamed)
     )
     not_duplicates = "error_class NOT LIKE 'duplicate%'"
-
-    def errors(wh: Path) -> list[tuple]:
-        df = spark.read.format("delta").load(str(wh / "ingest_errors")).where(not_duplicates)
-        return sorted(
-            tuple(r) for r in df.select("source_uri", "archive_member", "error_class").collect()
-        )
-
-    assert errors(batch) == errors(streamed)
+    assert_rows_equal(
+        table(streamed, "ingest_errors").where(not_duplicates),
+        table(batch, "ingest_errors").where(not_duplicates),
+        keys=["source_uri", "archive_member"],
+        columns=["source_uri", "archive_member", "error_class"],
+        what="ingest_errors",
+    )
 
 
 def test_checkpoint_is_per_landing_directory(tmp_path):

@@ -20,13 +20,18 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-# Error classes raised here (the data source adds the archive-level ones).
-NOT_DICOM = "not_dicom"
-TRUNCATED = "truncated"
-INVALID_DICOM = "invalid_dicom"
-MISSING_UID = "missing_sop_instance_uid"
-BOMB = "decompression_bomb"
-TOO_LARGE = "too_large"
+from medspark.tables.error_classes import (
+    DECOMPRESSION_BOMB,
+    INVALID_DICOM,
+    NOT_DICOM,
+    TOO_LARGE,
+    TRUNCATED,
+)
+from medspark.tables.error_classes import MISSING_SOP_INSTANCE_UID as MISSING_UID
+
+# Error classes raised here (declared in medspark.tables.error_classes; the data source adds the
+# archive-level ones): NOT_DICOM, TRUNCATED, INVALID_DICOM, MISSING_UID, BOMB, TOO_LARGE.
+BOMB = DECOMPRESSION_BOMB
 
 DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
 _INFLATE_CHUNK = 16 * 1024 * 1024
@@ -136,24 +141,22 @@ def _text(ds: Any, keyword: str) -> str | None:
     return text or None
 
 
-def _int(ds: Any, keyword: str) -> int | None:
+def _number(ds: Any, keyword: str, kind: Callable[[Any], Any]) -> Any:
     value = ds.get(keyword)
     if value is None or value == "":
         return None
     try:
-        return int(value)
+        return kind(value)
     except (TypeError, ValueError):
         return None
+
+
+def _int(ds: Any, keyword: str) -> int | None:
+    return _number(ds, keyword, int)
 
 
 def _float(ds: Any, keyword: str) -> float | None:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+    return _number(ds, keyword, float)
 
 
 def _floats(ds: Any, keyword: str) -> list[float] | None:

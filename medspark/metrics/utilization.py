@@ -4,7 +4,7 @@ Real days are needed here: a per-patient date shift (de-identification) would sc
 station's day over many days. So ingestion keeps, in ``restricted_acquisitions``, the *true*
 acquisition time of each instance next to pseudonymous ids only, and
 :func:`scanner_utilization` aggregates it. The analyst table holds counts per station and day,
-never a patient-level row. The restricted table is not for analysts (see README).
+never a patient-level row. The restricted table is not for analysts (see docs/deid.md).
 
 Busy hours of a day are the sum over its studies of the study's acquisition span (last minus
 first acquisition time of its instances), each capped at ``study_span_cap_hours`` so that a

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from medspark.config import OUTPUT_SIZE
 from medspark.errors import ConfigError
 from medspark.preprocess.ops import OPS, resize_pad, resolve_params, to_uint8
 
@@ -33,8 +34,6 @@ __all__ = ["HASH_VERSION", "Chain", "ChainResult", "Step", "build_chain"]
 
 HASH_VERSION = 1
 """Bumped whenever op semantics change so that cached outputs keyed by the hash are invalidated."""
-
-_MAX_OUTPUT_SIZE = 8192
 
 
 @dataclass(frozen=True)
@@ -164,7 +163,8 @@ def build_chain(
     ``steps``: ops run in order on the frame (None or [] = no steps). ``mask``: ops run on the
     output of ``steps``; the last one must produce a binary mask (a mask op, or ``median_blur`` /
     ``morphology`` following one) or a ConfigError is raised; None = no mask. ``output_size``:
-    side of the square uint8 tensor, or None to keep the image size.
+    side of the square uint8 tensor (``OUTPUT_SIZE`` of :mod:`medspark.config`: 8 to 4096, as
+    in the config), or None to keep the image size.
 
     Every error is a :class:`~medspark.errors.ConfigError` keyed like
     ``preprocess.steps[2].ksize``: unknown op (lists the ops), unknown parameter (lists the op's
@@ -190,16 +190,6 @@ def build_chain(
                 "the last mask step must output a binary mask: " + _mask_op_names(),
             )
 
-    if output_size is not None and (
-        isinstance(output_size, bool)
-        or not isinstance(output_size, (int, np.integer))
-        or not 1 <= output_size <= _MAX_OUTPUT_SIZE
-    ):
-        raise ConfigError(
-            f"{key_prefix}.output_size", output_size, f"null or an integer 1..{_MAX_OUTPUT_SIZE}"
-        )
-    return Chain(
-        steps=resolved_steps,
-        mask=resolved_mask,
-        output_size=None if output_size is None else int(output_size),
-    )
+    if output_size is not None:
+        output_size = OUTPUT_SIZE.check(f"{key_prefix}.output_size", output_size)
+    return Chain(steps=resolved_steps, mask=resolved_mask, output_size=output_size)

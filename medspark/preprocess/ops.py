@@ -7,7 +7,8 @@ Every operation is a pure function ``op(image, **params) -> np.ndarray``:
   dtypes (``uint16``, ``int16``, ``float64`` ...) are cast to ``float32`` first. Arrays of any
   other shape raise ``ValueError``; non-numeric arrays raise ``TypeError``.
 * The input is never modified in place; every op returns a new array.
-* Parameters are validated on every call; a bad value raises
+* Parameters are validated on every call, by the :class:`~medspark.validation.Allowed` declared
+  for them (the config uses the same); a bad value raises
   :class:`~medspark.errors.ConfigError` whose key is ``<op>.<param>`` (for example
   ``median_blur.ksize``). :mod:`medspark.preprocess.chain` validates the same way at build time,
   with keys like ``preprocess.steps[2].ksize``.
@@ -30,9 +31,9 @@ defaults, types and checks, and whether it outputs a mask).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ import cv2
 import numpy as np
 
 from medspark.errors import ConfigError
+from medspark.validation import Allowed
 
 __all__ = [
     "OPS",
@@ -67,60 +69,26 @@ __all__ = [
 
 # --------------------------------------------------------------------------- parameter checks
 
-Check = Callable[[Any], "str | None"]
-"""A check returns ``None`` when the value is allowed, else a description of what is allowed."""
-
 Relation = Callable[[Mapping[str, Any]], "tuple[str, str] | None"]
 """A check across an op's resolved parameters: ``None`` or ``(param, what is allowed)``."""
 
 
-def _int_range(lo: int, hi: int | None = None, *, odd: bool = False) -> Check:
+def _int_range(lo: int, hi: int | None = None, *, odd: bool = False) -> Allowed:
     """Integer in ``[lo, hi]`` (``hi`` None = unbounded), optionally odd."""
-    bounds = f">= {lo}" if hi is None else f"between {lo} and {hi}"
-    desc = f"{'an odd integer' if odd else 'an integer'} {bounds}"
-
-    def check(v: int) -> str | None:
-        if v < lo or (hi is not None and v > hi) or (odd and v % 2 == 0):
-            return desc
-        return None
-
-    return check
+    return Allowed(int, minimum=lo, maximum=hi, odd=odd)
 
 
-def _one_of_ints(*allowed: int) -> Check:
-    def check(v: int) -> str | None:
-        return None if v in allowed else "one of: " + ", ".join(str(a) for a in allowed)
-
-    return check
+def _one_of_ints(*allowed: int) -> Allowed:
+    return Allowed(int, choices=allowed)
 
 
-def _float_range(
-    lo: float | None = None, *, strict: bool = False, hi: float | None = None
-) -> Check:
-    """Finite float ``> lo`` (``strict``) or ``>= lo``, and ``<= hi`` when given."""
-    desc = "a finite number"
-    if lo is not None:
-        desc += f" {'>' if strict else '>='} {lo}"
-    if hi is not None:
-        desc += f" and <= {hi}"
-
-    def check(v: float) -> str | None:
-        if not math.isfinite(v):
-            return desc
-        if lo is not None and (v <= lo if strict else v < lo):
-            return desc
-        if hi is not None and v > hi:
-            return desc
-        return None
-
-    return check
+def _float_range(lo: float | None = None, *, strict: bool = False) -> Allowed:
+    """Finite float ``> lo`` (``strict``) or ``>= lo``."""
+    return Allowed(float, minimum=lo, above=strict, finite=True)
 
 
-def _choices(*allowed: str) -> Check:
-    def check(v: str) -> str | None:
-        return None if v in allowed else "one of: " + ", ".join(allowed)
-
-    return check
+def _choices(*allowed: str) -> Allowed:
+    return Allowed(str, choices=allowed)
 
 
 # --------------------------------------------------------------------------- registry types
@@ -128,12 +96,12 @@ def _choices(*allowed: str) -> Check:
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """One parameter of an op: its config name, Python type, default and value check."""
+    """One parameter of an op: its config name, Python type, default and allowed values."""
 
     name: str
     type: type
     default: Any
-    check: Check | None = None
+    allowed: Allowed = field(default_factory=Allowed)
 
     def describe(self) -> str:
         """Short human description, e.g. ``ksize: int = 3``."""
@@ -169,28 +137,6 @@ OPS: dict[str, OpSpec] = {}
 """Config name -> :class:`OpSpec` for every available op, in definition order."""
 
 
-def _coerce(op: str, p: ParamSpec, value: object, key: str) -> Any:
-    """Check the type of ``value`` for ``p`` (ints are accepted for floats), then its range."""
-    expected = p.type
-    if expected is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok:
-            value = float(value)  # type: ignore[arg-type]
-    elif expected is int:
-        ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-        if ok:
-            value = int(value)  # type: ignore[arg-type]
-    else:
-        ok = isinstance(value, expected)
-    if not ok:
-        raise ConfigError(key, value, f"a value of type {expected.__name__} ({op} parameter)")
-    if p.check is not None:
-        problem = p.check(value)
-        if problem is not None:
-            raise ConfigError(key, value, problem)
-    return value
-
-
 def resolve_params(op: str, params: Mapping[str, object], key_prefix: str | None = None) -> dict:
     """Validate ``params`` for ``op`` and return them with every default filled in.
 
@@ -212,7 +158,7 @@ def resolve_params(op: str, params: Mapping[str, object], key_prefix: str | None
                 else f"nothing: {op} takes no parameters"
             )
             raise ConfigError(key, value, allowed)
-        resolved[name] = _coerce(op, p, value, key)
+        resolved[name] = p.allowed.check(key, value)
     for name, p in spec.params.items():
         resolved.setdefault(name, p.default)
     if spec.relation is not None:
@@ -228,7 +174,7 @@ def _register(
     outputs_mask: bool = False,
     keeps_mask: bool = False,
     colour_out: bool = False,
-    checks: Mapping[str, Check] | None = None,
+    checks: Mapping[str, Allowed] | None = None,
     relation: Relation | None = None,
 ) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
     """Register an op under its function name.
@@ -247,9 +193,9 @@ def _register(
                 continue
             if par.kind is not inspect.Parameter.KEYWORD_ONLY or par.default is par.empty:
                 raise TypeError(f"op {name}: parameter {pname} must be keyword-only with default")
-            params[pname] = ParamSpec(
-                pname, type(par.default), par.default, checks.pop(pname, None)
-            )
+            kind = type(par.default)
+            allowed = dataclasses.replace(checks.pop(pname, Allowed()), kind=kind)
+            params[pname] = ParamSpec(pname, kind, par.default, allowed)
         if checks:
             raise TypeError(f"op {name}: checks for unknown parameters {sorted(checks)}")
 

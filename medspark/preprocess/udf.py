@@ -31,11 +31,13 @@ from typing import Any
 
 import numpy as np
 
-UNREADABLE = "unreadable"
-SOURCE_CHANGED = "source_changed"
-UNDECODABLE_FILE = "undecodable_file"
-UNDECODABLE_FRAME = "undecodable_frame"
-PREPROCESS_FAILED = "preprocess_failed"
+from medspark.tables.error_classes import (
+    PREPROCESS_FAILED,
+    SOURCE_CHANGED,
+    UNDECODABLE_FILE,
+    UNDECODABLE_FRAME,
+    UNREADABLE,
+)
 
 
 @dataclass(frozen=True)

@@ -6,18 +6,10 @@ whole archive. Every input item ends as exactly one :class:`Item`: either with i
 with an ``error_class`` and a message naming the reason. A broken archive yields the members
 it could read and then one error item for the archive itself (``archive_member`` None).
 
-Error classes produced here:
-
-``unreadable``            the file could not be opened or read (permissions, vanished)
-``empty_file``            zero bytes
-``broken_archive``        the container itself is corrupt or truncated
-``corrupt_member``        a member failed its CRC or could not be decompressed
-``encrypted_member``      a zip member is encrypted (no password is ever tried)
-``unsafe_member``         absolute name or ``..`` in the name, link or device in a tar
-``too_large``             an item larger than ``max_item_bytes``
-``nested_too_deep``       an archive inside archives deeper than ``max_archive_depth``
-``decompression_bomb``    a member or archive beyond ``max_compression_ratio``,
-                          ``max_archive_bytes`` or ``max_archive_members``
+Error classes produced here (declared, with their meaning, in
+:mod:`medspark.tables.error_classes`): ``unreadable``, ``empty_file``, ``broken_archive``,
+``corrupt_member``, ``encrypted_member``, ``unsafe_member``, ``too_large``, ``nested_too_deep``,
+``decompression_bomb``.
 """
 
 from __future__ import annotations
@@ -34,6 +26,18 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Literal
+
+from medspark.tables.error_classes import (
+    BROKEN_ARCHIVE,
+    CORRUPT_MEMBER,
+    DECOMPRESSION_BOMB,
+    EMPTY_FILE,
+    ENCRYPTED_MEMBER,
+    NESTED_TOO_DEEP,
+    TOO_LARGE,
+    UNREADABLE,
+    UNSAFE_MEMBER,
+)
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 GZIP_MAGIC = b"\x1f\x8b"
@@ -80,7 +84,7 @@ class Limits:
 
 # Ratios are only judged above this size: tiny members (or blank images) compress very well.
 _RATIO_MIN_BYTES = 1024 * 1024
-BOMB = "decompression_bomb"
+BOMB = DECOMPRESSION_BOMB
 
 
 @dataclass
@@ -161,7 +165,7 @@ def list_files(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[tuple[str,
             Item(
                 uri,
                 None,
-                error_class="unsafe_member",
+                error_class=UNSAFE_MEMBER,
                 message=f"{uri}: not a regular file (link or device); not followed",
             )
         )
@@ -170,7 +174,7 @@ def list_files(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[tuple[str,
         try:
             st = os.lstat(path)
         except OSError as exc:
-            errors.append(Item(to_uri(path), None, error_class="unreadable", message=str(exc)))
+            errors.append(Item(to_uri(path), None, error_class=UNREADABLE, message=str(exc)))
             return
         if stat.S_ISREG(st.st_mode):
             found[path] = st.st_size
@@ -271,13 +275,13 @@ def iter_unit(unit: InputUnit, limits: Limits) -> Iterator[Item]:
             for item in _iter_container(fh, kind, uri, "", 1, budget, unit.member_range):
                 yield replace(item, container=kind)
     except OSError as exc:
-        yield Item(uri, None, error_class="unreadable", message=f"{uri}: {exc}")
+        yield Item(uri, None, error_class=UNREADABLE, message=f"{uri}: {exc}")
 
 
 def _plain_item(uri: str, member: str | None, data: bytes) -> Item:
     if not data:
         where = uri if member is None else f"{uri}!{member}"
-        return Item(uri, member, error_class="empty_file", message=f"{where}: file is empty")
+        return Item(uri, member, error_class=EMPTY_FILE, message=f"{where}: file is empty")
     return Item(uri, member, data=data)
 
 
@@ -285,7 +289,7 @@ def _too_large(uri: str, member: str | None, size: int, limits: Limits) -> Item:
     return Item(
         uri,
         member,
-        error_class="too_large",
+        error_class=TOO_LARGE,
         message=f"item of {size} bytes exceeds ingest.max_item_bytes={limits.max_item_bytes}",
     )
 
@@ -312,7 +316,7 @@ def _member_items(
         yield Item(
             uri,
             member,
-            error_class="nested_too_deep",
+            error_class=NESTED_TOO_DEEP,
             message=(
                 f"{uri}!{member}: archive nested deeper than "
                 f"ingest.max_archive_depth={budget.limits.max_archive_depth}"
@@ -352,7 +356,7 @@ def _iter_zip(
     try:
         zf = zipfile.ZipFile(fh)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        yield Item(uri, archive_member, error_class="broken_archive", message=f"{where}: {exc}")
+        yield Item(uri, archive_member, error_class=BROKEN_ARCHIVE, message=f"{where}: {exc}")
         return
     with zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
@@ -381,14 +385,14 @@ def _iter_zip(
             reason = _unsafe_name(info.filename)
             if reason:
                 yield Item(
-                    uri, member, error_class="unsafe_member", message=f"{uri}!{member}: {reason}"
+                    uri, member, error_class=UNSAFE_MEMBER, message=f"{uri}!{member}: {reason}"
                 )
                 continue
             if info.flag_bits & 0x1:
                 yield Item(
                     uri,
                     member,
-                    error_class="encrypted_member",
+                    error_class=ENCRYPTED_MEMBER,
                     message=f"{uri}!{member}: member is encrypted; not read",
                 )
                 continue
@@ -406,12 +410,12 @@ def _iter_zip(
             except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
                 # zipfile raises BadZipFile("Bad CRC-32 ...") for a CRC failure.
                 yield Item(
-                    uri, member, error_class="corrupt_member", message=f"{uri}!{member}: {exc}"
+                    uri, member, error_class=CORRUPT_MEMBER, message=f"{uri}!{member}: {exc}"
                 )
                 continue
             except RuntimeError as exc:  # encrypted entries flagged differently
                 yield Item(
-                    uri, member, error_class="encrypted_member", message=f"{uri}!{member}: {exc}"
+                    uri, member, error_class=ENCRYPTED_MEMBER, message=f"{uri}!{member}: {exc}"
                 )
                 continue
             if len(data) > limits.max_item_bytes:
@@ -457,7 +461,7 @@ def _iter_tar_or_gzip(
                 reason = reason or "device, FIFO or other special member; not read"
             if reason:
                 yield Item(
-                    uri, member, error_class="unsafe_member", message=f"{uri}!{member}: {reason}"
+                    uri, member, error_class=UNSAFE_MEMBER, message=f"{uri}!{member}: {reason}"
                 )
                 continue
             if info.size > limits.max_item_bytes:
@@ -485,7 +489,7 @@ def _iter_tar_or_gzip(
         yield Item(
             uri,
             archive_member,
-            error_class="broken_archive",
+            error_class=BROKEN_ARCHIVE,
             message=f"{where}: archive is corrupt or truncated after {count} member(s): {exc}",
         )
     finally:
@@ -504,16 +508,14 @@ def _iter_single_gzip(
     where = uri if archive_member is None else f"{uri}!{archive_member}"
     start = fh.tell()
     if fh.read(2) != GZIP_MAGIC:
-        yield Item(
-            uri, archive_member, error_class="broken_archive", message=f"{where}: {tar_error}"
-        )
+        yield Item(uri, archive_member, error_class=BROKEN_ARCHIVE, message=f"{where}: {tar_error}")
         return
     fh.seek(start)
     try:
         with gzip.GzipFile(fileobj=fh) as gz:
             data = gz.read(limits.max_item_bytes + 1)
     except (OSError, EOFError, zlib.error) as exc:
-        yield Item(uri, archive_member, error_class="broken_archive", message=f"{where}: {exc}")
+        yield Item(uri, archive_member, error_class=BROKEN_ARCHIVE, message=f"{where}: {exc}")
         return
     if len(data) > limits.max_item_bytes:
         yield _too_large(uri, archive_member, len(data), limits)

@@ -7,8 +7,10 @@ Usage::
 
 Planning happens on the driver and touches only file names and sizes (and a large zip's central
 directory, to split it by member). Reading, hashing and header parsing happen on the executors,
-item by item, so only parsed headers travel to the JVM, never the scan bytes: the measurements in
-DESIGN.md showed that moving file bytes through Spark costs more than the decoding itself.
+item by item, so only parsed headers travel to the JVM, never the scan bytes: measured on 400 CT
+slices, a Spark job that pushed file bytes through ``binaryFile`` ran at 109 images/s and the
+same job opening the files inside the UDF at 273 images/s (a plain loop: 247), so moving file
+bytes through Spark costs more than the decoding itself.
 
 Every input item yields exactly one row: the header columns, or ``error_class`` and
 ``error_message``. No exception escapes :meth:`DicomReader.read` for bad input.

@@ -1,16 +1,34 @@
-"""Render the table reference (README) from the declared schemas.
+"""Render the table reference (``docs/tables.md``) from the declared schemas and error classes.
 
-``python -m medspark.tables.docs`` prints the Markdown; the README's table reference is this
-output, and a test fails when the two drift apart.
+``python -m medspark.tables.docs`` prints the Markdown; ``python -m medspark.tables.docs --write``
+rewrites the generated part of ``docs/tables.md`` (between ``<!-- tables:start`` and
+``<!-- tables:end -->``). A test fails when the file and this output drift apart.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+from medspark.tables.error_classes import INGEST_ERROR_CLASSES, PREPROCESS_ERROR_CLASSES
 from medspark.tables.schemas import TABLES
+
+#: The file whose generated part is :func:`table_reference` (in a source checkout).
+TABLES_DOC = Path(__file__).resolve().parents[2] / "docs" / "tables.md"
+START = "<!-- tables:start"
+END = "<!-- tables:end -->"
+
+
+def _error_classes(table: str, classes: dict[str, str], note: str = "") -> list[str]:
+    out = [f"#### Error classes in `{table}`\n", "| error_class | when |", "|---|---|"]
+    out += [f"| `{name}` | {meaning} |" for name, meaning in classes.items()]
+    out += ["", note, ""] if note else [""]
+    return out
 
 
 def table_reference() -> str:
-    """Markdown: one section per table, one row per column (name, type, null, meaning)."""
+    """Markdown: one section per table, one row per column (name, type, null, meaning), then
+    the error classes of ``ingest_errors`` and ``preprocess_errors``."""
     out: list[str] = []
     for name, (schema, keys) in TABLES.items():
         out.append(f"#### `{name}` (key: {', '.join(f'`{k}`' for k in keys)})\n")
@@ -21,8 +39,39 @@ def table_reference() -> str:
             null = "yes" if f.nullable else "no"
             out.append(f"| `{f.name}` | {f.dataType.simpleString()} | {null} | {comment} |")
         out.append("")
+    out += _error_classes("ingest_errors", INGEST_ERROR_CLASSES)
+    out += _error_classes(
+        "preprocess_errors",
+        PREPROCESS_ERROR_CLASSES,
+        "An item the reader refuses on the re-read keeps the class ingest gives it "
+        "(`too_large`, `decompression_bomb`, ...).",
+    )
     return "\n".join(out)
 
 
+def generated_part(text: str) -> str:
+    """The part of a document between its start and end markers (the start line excluded)."""
+    start = text.index("\n", text.index(START)) + 1
+    return text[start : text.index(END)]
+
+
+def rewrite(path: Path = TABLES_DOC) -> bool:
+    """Replace the generated part of ``path`` with :func:`table_reference`; True if it changed."""
+    text = path.read_text()
+    old = generated_part(text)
+    new = table_reference()
+    if old == new:
+        return False
+    start = text.index("\n", text.index(START)) + 1
+    path.write_text(text[:start] + new + text[text.index(END) :])
+    return True
+
+
 if __name__ == "__main__":
-    print(table_reference())
+    if sys.argv[1:] == ["--write"]:
+        changed = rewrite()
+        print(f"{TABLES_DOC}: {'rewritten' if changed else 'already up to date'}")
+    elif sys.argv[1:]:
+        sys.exit("usage: python -m medspark.tables.docs [--write]")
+    else:
+        print(table_reference())

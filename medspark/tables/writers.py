@@ -42,7 +42,7 @@ def ensure_restricted_root(config: PipelineConfig) -> Path:
     The mode of the root is what keeps the tables below it private: Spark and Hadoop create
     the tables' own directories and files with the process umask, but nobody else can enter
     the root. An existing root that group or others can enter is used with one warning (a
-    data engineer may have granted a group on purpose: README, "Restricted tables"). Tables
+    data engineer may have granted a group on purpose: docs/deid.md, "Restricted tables"). Tables
     that an earlier medspark wrote inside the analyst warehouse are refused with the command
     that moves them, so a run never starts a second, partial copy of them.
     """
