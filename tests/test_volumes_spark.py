@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from medspark.config import PipelineConfig, VolumeModelConfig, VolumesConfig, with_overrides
+from medspark.sources.archives import to_uri
 from medspark.volumes.synthetic import (
     save_threshold_model,
     sphere_hu,
@@ -132,7 +133,10 @@ def test_volumes_segments_the_sphere_and_reports_bad_series(
     assert "mixed_size" in errors[pseudo.uid(UIDS["mixed"])]["message"]
     damaged = errors[pseudo.uid(UIDS["corrupt"])]
     assert damaged["error_class"] == "source_changed"
-    assert volumes_warehouse["corrupt"].name in damaged["message"]
+    # Named by its location key (series_errors is an analyst table), never by its path.
+    corrupt = volumes_warehouse["corrupt"]
+    assert pseudo.location_keys(to_uri(corrupt), None)[0] in damaged["message"]
+    assert corrupt.name not in damaged["message"]
 
     # The damaged file restored: a second run segments that series too and clears its error
     # row; the sphere's row is updated, not added again.
