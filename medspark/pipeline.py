@@ -299,10 +299,13 @@ def ingest(
         # A concurrent run may have stored some of these SOP Instance UIDs from other items.
         late = _settle_duplicates(spark, scans, scans_path, run_id).persist()
         stored = scans
-        late_counts = late.groupBy("error_class").agg(F.count("*").alias("n")).collect()
+        # Settled rows may be the other run's items (it settles the same way): counted there.
+        where = [late[c].eqNullSafe(scans[c]) for c in ("source_uri", "archive_member")]
+        own = late.join(scans, where, "left_semi")
+        late_counts = own.groupBy("error_class").agg(F.count("*").alias("n")).collect()
         for r in late_counts:
             by_class[r["error_class"]] = by_class.get(r["error_class"], 0) + int(r["n"])
-        if late_counts:
+        if late.take(1):
             merge_into(spark, late, errors_path, "ingest_errors")
             item = ["sop_instance_uid", "source_uri", "archive_member"]
             delete_matching(spark, late, scans_path, "scans", on=item)
