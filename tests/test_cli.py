@@ -178,3 +178,12 @@ def test_a_damaged_table_is_one_line_naming_it_and_how_to_restore(spark, tmp_pat
         log = message.rsplit("(full trace: ", 1)[1].rstrip(")")
         assert log.startswith(str(logs)) and "Traceback" in Path(log).read_text()
     assert "\tat org.apache" not in proc.stderr  # no Java stack trace on the console
+
+
+def test_no_java_exits_3_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java on it
+    code = main(["ingest", str(tmp_path), "--warehouse", str(tmp_path / "wh")])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert err.count("\n") == 1 and err.startswith("medspark: Java was not found")
