@@ -24,16 +24,15 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     CTImageStorage,
-    ExplicitVRLittleEndian,
     JPEG2000Lossless,
     RLELossless,
     generate_uid,
 )
 
-from medspark.synthetic import set_hu_pixels
+from medspark.synthetic import new_dataset, set_hu_pixels
 
 Compression = Literal["jpeg2000", "rle"] | None
 COMPRESSIONS: dict[str, str] = {"jpeg2000": JPEG2000Lossless, "rle": RLELossless}
@@ -126,18 +125,9 @@ def ct_dataset(
     index: int, size: int, seed: int, hu: np.ndarray, study: str, series: str
 ) -> Dataset:
     """A CT Image Storage dataset (explicit VR little endian) holding ``hu`` as slice ``index``."""
-    sop = _uid(seed, "sop", index)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-
-    ds = Dataset()
-    ds.file_meta = meta
+    ds = new_dataset(CTImageStorage, _uid(seed, "sop", index))
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = sop
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20240101"
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
     ds.AccessionNumber = f"BENCH{seed:06d}"

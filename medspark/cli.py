@@ -80,26 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(stream)
 
-    pre = sub.add_parser(
-        "preprocess", help="decode frames of scans, run the OpenCV chain, write images"
-    )
-    _common(pre)
-
-    wave = sub.add_parser(
-        "waveforms",
-        help="decode the waveforms (ECG) of scans, write waveforms, ecg_metrics, waveform_errors",
-    )
-    _common(wave)
+    # Commands that work on the warehouse alone: the common options are all they take.
+    for name, text in (
+        ("preprocess", "decode frames of scans, run the OpenCV chain, write images"),
+        (
+            "waveforms",
+            "decode the waveforms (ECG) of scans, write waveforms, ecg_metrics, waveform_errors",
+        ),
+        (
+            "volumes",
+            "rebuild the series table; with volumes.model, segment each series as a volume",
+        ),
+    ):
+        _common(sub.add_parser(name, help=text))
 
     run = sub.add_parser("run", help="ingest, preprocess and infer in one Spark application")
     run.add_argument("sources", nargs="+", help="directories, DICOM files, zip/tar/tar.gz")
     _common(run)
-
-    vol = sub.add_parser(
-        "volumes",
-        help="rebuild the series table; with volumes.model, segment each series as a volume",
-    )
-    _common(vol)
 
     inf = sub.add_parser("infer", help="run a model on the images tensors, write predictions")
     inf.add_argument("--model", help="model name from inference.models (default: inference.model)")
@@ -251,80 +248,69 @@ def _recorded(
     return config, result
 
 
+def _step_command(
+    args: argparse.Namespace,
+    job: str,
+    run: Callable[[Any, Any, str], Any],
+    record_into: Callable[[Any, Any], None],
+    tables: Sequence[str],
+    config: Any = None,
+) -> int:
+    """A command that is one step: ``run(spark, config, run_id)`` as a recorded run whose
+    result ``record_into`` copies into its ``job_runs`` record; prints the summary and the
+    tables written."""
+
+    def step(spark: Any, config: Any, record: Any) -> Any:
+        result = run(spark, config, record.run_id)
+        record_into(record, result)
+        return result
+
+    config, result = _recorded(args, job, step, config)
+    print(result.summary())
+    print("tables: " + ", ".join(config.table_path(t) for t in tables))
+    return 0
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from medspark.pipeline import ingest, record_ingest
 
-    def step(spark: Any, config: Any, record: Any) -> Any:
-        result = ingest(spark, args.sources, config, record.run_id)
-        record_ingest(record, result)
-        return result
+    def run(spark: Any, config: Any, run_id: str) -> Any:
+        return ingest(spark, args.sources, config, run_id)
 
-    config, result = _recorded(args, "ingest", step)
-    print(result.summary())
-    print(f"tables: {config.table_path('scans')}, {config.table_path('ingest_errors')}")
-    return 0
+    return _step_command(args, "ingest", run, record_ingest, ("scans", "ingest_errors"))
 
 
 def cmd_ingest_stream(args: argparse.Namespace) -> int:
     from medspark.pipeline import record_ingest
     from medspark.stream import ingest_stream
 
-    def step(spark: Any, config: Any, record: Any) -> Any:
-        result = ingest_stream(
-            spark, args.landing, config, checkpoint=args.checkpoint, run_id=record.run_id
-        )
+    def run(spark: Any, config: Any, run_id: str) -> Any:
+        return ingest_stream(spark, args.landing, config, checkpoint=args.checkpoint, run_id=run_id)
+
+    def record_batches(record: Any, result: Any) -> None:
         for batch in result.batches:
             record_ingest(record, batch.ingested)
-        return result
 
-    config, result = _recorded(args, "ingest_stream", step)
-    print(result.summary())
-    print(f"tables: {config.table_path('scans')}, {config.table_path('ingest_errors')}")
-    return 0
+    return _step_command(args, "ingest_stream", run, record_batches, ("scans", "ingest_errors"))
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from medspark.pipeline import preprocess, record_preprocess
 
-    def step(spark: Any, config: Any, record: Any) -> Any:
-        result = preprocess(spark, config, record.run_id)
-        record_preprocess(record, result)
-        return result
-
-    config, result = _recorded(args, "preprocess", step)
-    print(result.summary())
-    print(f"tables: {config.table_path('images')}, {config.table_path('preprocess_errors')}")
-    return 0
+    return _step_command(
+        args, "preprocess", preprocess, record_preprocess, ("images", "preprocess_errors")
+    )
 
 
 def cmd_waveforms(args: argparse.Namespace) -> int:
     from medspark.waveforms.step import record_waveforms, run_waveforms
 
-    def step(spark: Any, config: Any, record: Any) -> Any:
-        result = run_waveforms(spark, config, record.run_id)
-        record_waveforms(record, result)
-        return result
-
-    config, result = _recorded(args, "waveforms", step)
-    print(result.summary())
     tables = ("waveforms", "ecg_metrics", "waveform_errors")
-    print("tables: " + ", ".join(config.table_path(t) for t in tables))
-    return 0
+    return _step_command(args, "waveforms", run_waveforms, record_waveforms, tables)
 
 
 def cmd_volumes(args: argparse.Namespace) -> int:
-    from medspark.volumes.steps import volumes
-
-    def step(spark: Any, config: Any, record: Any) -> Any:
-        result = volumes(spark, config, record.run_id)
-        record.items_in = result.series
-        record.rows_out["series"] = result.series
-        if result.model is not None:
-            record.uses_torch = True
-            record.rows_out["series_segments"] = result.segments
-            record.rows_out["series_errors"] = sum(result.errors_by_class.values())
-            record.errors = (record.errors or 0) + sum(result.errors_by_class.values())
-        return result
+    from medspark.volumes.steps import record_volumes, volumes
 
     # The 3D model is checked before Spark starts: a wrong path or shape is exit code 2 at once.
     config = _load(args, str(Path(args.warehouse).absolute()))
@@ -333,11 +319,8 @@ def cmd_volumes(args: argparse.Namespace) -> int:
         from medspark.volumes.steps import volume_task
 
         check_volume_model(volume_task(config).model)
-    config, result = _recorded(args, "volumes", step, config=config)
-    print(result.summary())
-    names = ("series", "series_segments", "series_errors")
-    print("tables: " + ", ".join(config.table_path(n) for n in names))
-    return 0
+    tables = ("series", "series_segments", "series_errors")
+    return _step_command(args, "volumes", volumes, record_volumes, tables, config)
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -346,15 +329,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
     config = _load(args, str(Path(args.warehouse).absolute()))
     config.inference.model_config(args.model)  # unknown name: fail before Spark starts
 
-    def step(spark: Any, config: Any, record: Any) -> Any:
-        result = infer(spark, config, args.model, record.run_id)
-        record_infer(record, result)
-        return result
+    def run(spark: Any, config: Any, run_id: str) -> Any:
+        return infer(spark, config, args.model, run_id)
 
-    config, result = _recorded(args, "infer", step, config)
-    print(result.summary())
-    print(f"table: {config.table_path('predictions')}")
-    return 0
+    return _step_command(args, "infer", run, record_infer, ("predictions",), config)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

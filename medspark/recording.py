@@ -13,6 +13,16 @@ from pyspark.sql import functions as F
 from medspark.config import PipelineConfig
 
 
+def error_lines(errors_by_class: dict[str, int], cleared: int = 0, now: str = "") -> list[str]:
+    """The errors part of a step's summary: the total, one line per class, and how many error
+    rows of earlier runs were removed because their item (``now`` says what it is) is fine."""
+    lines = [f"  errors: {sum(errors_by_class.values())}"]
+    lines += [f"    {cls:<24} {n}" for cls, n in sorted(errors_by_class.items())]
+    if cleared:
+        lines.append(f"  {cleared} error row(s) of earlier runs removed: {now}")
+    return lines
+
+
 @dataclass
 class IngestResult:
     """What an ingest run did; printed as the end-of-run summary."""
@@ -38,15 +48,8 @@ class IngestResult:
             f"run {self.run_id}: {self.items} item(s) read in {self.seconds:.1f} s",
             f"  scans:  {self.scans} instance(s) "
             f"({self.scans_inserted} new, {self.scans_updated} already present, updated)",
-            f"  errors: {self.errors}",
         ]
-        for cls, n in sorted(self.errors_by_class.items()):
-            lines.append(f"    {cls:<24} {n}")
-        if self.errors_cleared:
-            lines.append(
-                f"  {self.errors_cleared} error row(s) of earlier runs removed: "
-                "those items are scans now"
-            )
+        lines += error_lines(self.errors_by_class, self.errors_cleared, "those items are scans now")
         return "\n".join(lines)
 
 
@@ -71,11 +74,8 @@ class PreprocessResult:
             f"{self.frames} frame(s) written in {self.seconds:.1f} s "
             f"({self.images_per_second:.1f} images/s)",
             f"  chain {self.config_hash[:12]}",
-            f"  errors: {sum(self.errors_by_class.values())}",
         ]
-        for cls, n in sorted(self.errors_by_class.items()):
-            lines.append(f"    {cls:<24} {n}")
-        return "\n".join(lines)
+        return "\n".join(lines + error_lines(self.errors_by_class))
 
 
 def write_worker_metrics(

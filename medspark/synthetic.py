@@ -79,18 +79,8 @@ def ct_dataset(
     Stored values are HU + 1024 as signed 16-bit with Rescale Slope 1 / Intercept -1024, the
     common CT encoding. Window Center/Width default to a lung window so that nodules show.
     """
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
-
     acquired = acquired or dt.datetime(2026, 1, 5, 9, 0, 0)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = CT_IMAGE_STORAGE
-    ds.SOPInstanceUID = sop_uid
+    ds = new_dataset(CT_IMAGE_STORAGE, sop_uid)
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.PatientID = patient_id
@@ -108,6 +98,24 @@ def ct_dataset(
     ds.WindowWidth = window[1]
     ds.PixelSpacing = [spacing_mm, spacing_mm]
     ds.SliceThickness = 1.0
+    return ds
+
+
+def new_dataset(sop_class: str, sop_uid: str) -> Any:
+    """The start of every synthetic file: an empty dataset with its File Meta Information
+    (Explicit VR Little Endian, 128-byte preamble) and its SOP Class and Instance UIDs
+    (0008,0016), (0008,0018), the same in the meta and the data set."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
     return ds
 
 

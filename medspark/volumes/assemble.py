@@ -40,6 +40,7 @@ from medspark.preprocess.udf import (
     _reread_problem,
 )
 from medspark.volumes.geometry import (
+    GEOMETRY_COLUMNS,
     REGULAR,
     SeriesGeometry,
     Slice,
@@ -76,13 +77,7 @@ VOLUME_INPUT_COLUMNS = (
     "source_uri",
     "archive_member",
     "sha256",
-    "rows",
-    "columns",
-    "number_of_frames",
-    "pixel_spacing",
-    "slice_thickness",
-    "image_position_patient",
-    "image_orientation_patient",
+    *GEOMETRY_COLUMNS,
     "header_json",
 )
 

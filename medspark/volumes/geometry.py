@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "GEOMETRY_COLUMNS",
     "DUPLICATE_POSITIONS",
     "GANTRY_TILT",
     "MISSING_SLICES",
@@ -75,6 +76,18 @@ __all__ = [
     "slice_normal",
     "slices_of_instance",
 ]
+
+#: The ``scans`` columns that place an instance's slices in space (:func:`slices_of_instance`,
+#: with ``header_json`` for enhanced multi-frame objects).
+GEOMETRY_COLUMNS = (
+    "rows",
+    "columns",
+    "number_of_frames",
+    "pixel_spacing",
+    "slice_thickness",
+    "image_position_patient",
+    "image_orientation_patient",
+)
 
 REGULAR = "regular"
 NO_GEOMETRY = "no_geometry"

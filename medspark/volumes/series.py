@@ -21,7 +21,12 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from medspark.volumes.geometry import Tolerances, analyse_series, slices_of_instance
+from medspark.volumes.geometry import (
+    GEOMETRY_COLUMNS,
+    Tolerances,
+    analyse_series,
+    slices_of_instance,
+)
 
 __all__ = ["SERIES_INPUT_COLUMNS", "build_series", "refresh_series", "summarise_series"]
 
@@ -35,13 +40,7 @@ SERIES_INPUT_COLUMNS = (
     "body_part_examined",
     "station_name",
     "acquisition_datetime",
-    "rows",
-    "columns",
-    "number_of_frames",
-    "pixel_spacing",
-    "slice_thickness",
-    "image_position_patient",
-    "image_orientation_patient",
+    *GEOMETRY_COLUMNS,
     "has_pixels",
     "header_json",
 )

@@ -22,6 +22,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from medspark.config import PipelineConfig
+from medspark.recording import error_lines
 from medspark.volumes.assemble import VOLUME_INPUT_COLUMNS, VolumeError, VolumeSettings
 from medspark.volumes.segment import VolumeModel
 from medspark.volumes.series import needs_header
@@ -213,15 +214,20 @@ class VolumesResult:
             )
             if self.peak_rss_bytes:
                 lines.append(f"  peak worker memory {self.peak_rss_bytes / 2**20:.0f} MiB")
-            lines.append(f"  errors: {sum(self.errors_by_class.values())}")
-            for cls, n in sorted(self.errors_by_class.items()):
-                lines.append(f"    {cls:<24} {n}")
-            if self.errors_cleared:
-                lines.append(
-                    f"  {self.errors_cleared} error row(s) of earlier runs removed: "
-                    "those series are segmented now"
-                )
+            now = "those series are segmented now"
+            lines += error_lines(self.errors_by_class, self.errors_cleared, now)
         return "\n".join(lines)
+
+
+def record_volumes(record: Any, result: VolumesResult) -> None:
+    """Copy a ``volumes`` result into a ``job_runs`` record."""
+    record.items_in = result.series
+    record.rows_out["series"] = result.series
+    if result.model is not None:
+        record.uses_torch = True
+        record.rows_out["series_segments"] = result.segments
+        record.rows_out["series_errors"] = sum(result.errors_by_class.values())
+        record.errors = (record.errors or 0) + sum(result.errors_by_class.values())
 
 
 def volumes(spark: Any, config: PipelineConfig, run_id: str) -> VolumesResult:

@@ -36,6 +36,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
+from medspark.recording import error_lines
 from medspark.tables.schemas import ECG_METRICS, WAVEFORM_ERRORS, WAVEFORMS
 
 #: Waveform IODs share this SOP Class UID prefix (PS3.4 B.5: 1.2.840.10008.5.1.4.1.1.9.x.y:
@@ -267,10 +268,7 @@ class WaveformsResult:
         ]
         for reason, n in sorted(self.unmeasured.items()):
             lines.append(f"    {n:>5}  {reason}")
-        lines.append(f"  errors: {sum(self.errors_by_class.values())}")
-        for cls, n in sorted(self.errors_by_class.items()):
-            lines.append(f"    {cls:<24} {n}")
-        return "\n".join(lines)
+        return "\n".join(lines + error_lines(self.errors_by_class))
 
 
 def run_waveforms(

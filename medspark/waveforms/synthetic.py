@@ -103,20 +103,14 @@ def ecg_dataset(
     sensitivity_uv: float = 2.5,
 ) -> object:
     """A pydicom Dataset of 12-lead ECG Waveform Storage holding ``signal_mv`` (samples, 12)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
+
+    from medspark.synthetic import new_dataset
 
     n_samples, n_channels = signal_mv.shape
-    uid = sop_instance_uid or generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ECG_12_LEAD
-    meta.MediaStorageSOPInstanceUID = uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = ECG_12_LEAD
-    ds.SOPInstanceUID = uid
+    ds = new_dataset(ECG_12_LEAD, sop_instance_uid or generate_uid())
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.PatientID = patient_id
