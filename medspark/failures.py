@@ -57,7 +57,12 @@ def _table_path(text: str) -> str | None:
     for pattern in (_DELTA_LOG, _DATA_FILE):
         match = pattern.search(text)
         if match:
-            return match.group(1).removeprefix("file:")
+            path = match.group(1)
+            if path.startswith("file:"):  # file:/x and file:///x alike
+                from urllib.parse import unquote, urlparse
+
+                path = unquote(urlparse(path).path)
+            return path
     return None
 
 

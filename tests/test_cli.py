@@ -187,3 +187,22 @@ def test_no_java_exits_3_in_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert code == 3
     assert err.count("\n") == 1 and err.startswith("medspark: Java was not found")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[FAILED_READ_FILE.NO_HINT] Encountered error while reading file "
+        "file:///data/w%20h/scans/_delta_log/00000000000000000001.json.  SQLSTATE: KD001",
+        "[FAILED_READ_FILE.FILE_NOT_EXIST] File file:/data/w%20h/scans/part-00000-1f.snappy.parquet "
+        "does not exist",
+    ],
+)
+def test_a_delta_failure_is_described_by_its_table(text):
+    from medspark.failures import describe
+
+    line = describe(RuntimeError(text))
+    assert line.startswith("table scans at /data/w h/scans cannot be read (")
+    assert "RESTORE TABLE delta.`/data/w h/scans` TO VERSION AS OF <n>" in line
+    assert "\n" not in line
+    assert describe(ValueError("first line\n\tat org.apache.Foo")) == "ValueError: first line"
