@@ -136,6 +136,7 @@ def test_unreachable_spark_master_is_one_line_before_spark(tmp_path, capsys):
 
 
 @pytest.mark.spark
+@pytest.mark.subprocess
 def test_a_damaged_table_is_one_line_naming_it_and_how_to_restore(spark, tmp_path, test_files):
     """A deleted data file, a corrupt _delta_log entry: the table, RESTORE, and a log file."""
     from medspark.config import PipelineConfig, with_overrides
@@ -194,7 +195,8 @@ def test_no_java_exits_3_in_one_line(tmp_path, capsys, monkeypatch):
     [
         "[FAILED_READ_FILE.NO_HINT] Encountered error while reading file "
         "file:///data/w%20h/scans/_delta_log/00000000000000000001.json.  SQLSTATE: KD001",
-        "[FAILED_READ_FILE.FILE_NOT_EXIST] File file:/data/w%20h/scans/part-00000-1f.snappy.parquet "
+        "[FAILED_READ_FILE.FILE_NOT_EXIST] File "
+        "file:/data/w%20h/scans/part-00000-1f.snappy.parquet "
         "does not exist",
     ],
 )

@@ -18,7 +18,7 @@ from medspark.metrics.runs import RunRecord, mark_abandoned
 from medspark.pipeline import ingest, run_all
 from medspark.tables.schemas import BOOKKEEPING_COLUMNS
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.spark, pytest.mark.subprocess]
 
 #: Tables a run writes whose rows say something (bookkeeping tables aside).
 TABLES = {
