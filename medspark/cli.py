@@ -196,7 +196,13 @@ def _session(args: argparse.Namespace, config: Any) -> Any:
     )
     if "spark.driver.extraJavaOptions" not in {**config.spark.conf, **extra}:
         extra["spark.driver.extraJavaOptions"] = QUICK_JIT
-    return build_session(config.spark, master=args.master, extra_conf=extra)
+    spark = build_session(config.spark, master=args.master, extra_conf=extra)
+    if not getattr(args, "verbose", False):
+        # The console is for medspark's own lines: a failed task would otherwise print its Java
+        # stack trace there (Spark logs it at ERROR). The failure still reaches the user as one
+        # line and its log file (main); --verbose keeps Spark's log at spark.log_level.
+        spark.sparkContext.setLogLevel("FATAL")
+    return spark
 
 
 def _load(args: argparse.Namespace, warehouse: str | None) -> Any:
