@@ -134,13 +134,21 @@ def standalone(tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory, test_files) -> list[str]:
-    """A small export: loose files (one broken, one not DICOM), a zip (one frame that does not
-    decode) and a tar.gz."""
+    """A small export: loose files (one broken, one not DICOM, one whose second frame does not
+    decode), a zip and a tar.gz."""
+    import pydicom
+    from pydicom.encaps import encapsulate, generate_frames
+
     root = tmp_path_factory.mktemp("cluster_input")
     loose = root / "loose"
     loose.mkdir()
     for name in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "README.txt", "no_meta.dcm"):
         shutil.copyfile(test_files / name, loose / name)
+    ds = pydicom.dcmread(test_files / "SC_rgb_rle_2frame.dcm")  # RLE segments of frame 1 cut
+    first, second = generate_frames(ds.PixelData, number_of_frames=2)
+    ds.PixelData = encapsulate([first, second[:100]])
+    ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["cluster-cut-frame"])
+    ds.save_as(loose / "cut_frame.dcm")
     with zipfile.ZipFile(root / "series.zip", "w", zipfile.ZIP_DEFLATED) as zf:
         for name in (
             "MR_small_jp2klossless.dcm",
