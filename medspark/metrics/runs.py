@@ -71,8 +71,10 @@ def recorded_run(spark: Any, config: PipelineConfig, job: str, run_id: str) -> I
     record = RunRecord(run_id=run_id, job=job)
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
+    row: dict[str, Any] | None = None  # the row as written at start, completed at the end
     try:
-        _start(spark, config, record, started)
+        row = _row(spark, config, record, started)
+        _start(config, row)
     except Exception as exc:  # noqa: BLE001 - bookkeeping must not stop the step
         print(f"medspark: could not record the start of run {run_id}: {exc}", file=sys.stderr)
     error: BaseException | None = None
@@ -85,7 +87,9 @@ def recorded_run(spark: Any, config: PipelineConfig, job: str, run_id: str) -> I
     finally:
         seconds = time.monotonic() - t0
         try:
-            _write(spark, config, record, started, seconds, error)
+            if row is None:
+                row = _row(spark, config, record, started)
+            _write(spark, config, record, row, seconds, error)
         except Exception as exc:  # noqa: BLE001 - bookkeeping must not mask the step's result
             print(f"medspark: could not record run {run_id}: {exc}", file=sys.stderr)
 
@@ -158,7 +162,7 @@ def _row(
     }
 
 
-def _start(spark: Any, config: PipelineConfig, record: RunRecord, started: datetime) -> None:
+def _start(config: PipelineConfig, row: dict[str, Any]) -> None:
     from medspark.tables.small import append_rows, ensure_schema
 
     path = config.table_path("job_runs")
@@ -171,22 +175,24 @@ def _start(spark: Any, config: PipelineConfig, record: RunRecord, started: datet
         print(
             f"medspark: run {run_id} was killed before it ended: marked abandoned", file=sys.stderr
         )
-    append_rows(path, "job_runs", [_row(spark, config, record, started)])
+    append_rows(path, "job_runs", [row])
 
 
 def _write(
     spark: Any,
     config: PipelineConfig,
     record: RunRecord,
-    started: datetime,
+    started_row: dict[str, Any],
     seconds: float,
     error: BaseException | None,
 ) -> None:
+    """Complete the run's ``job_runs`` row (``started_row``, as written at start) with its
+    outcome, and write its ``stage_metrics``."""
     from medspark.metrics.spark_stages import stage_metrics_rows
     from medspark.tables.small import append_rows, upsert_row
 
     row = {
-        **_row(spark, config, record, started),
+        **started_row,
         "status": "failed" if error else "succeeded",
         "error": None if error is None else f"{type(error).__name__}: {error}"[:4000],
         "torch_version": _version("torch") if record.uses_torch else None,
