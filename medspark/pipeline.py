@@ -310,9 +310,9 @@ def ingest(
             item = ["sop_instance_uid", "source_uri", "archive_member"]
             delete_matching(spark, late, scans_path, "scans", on=item)
             refresh_series(spark, config, scans, run_id)  # without the items moved out
-            where = [scans[c].eqNullSafe(late[c]) for c in ("source_uri", "archive_member")]
-            stored = scans.join(late, where, "left_anti")
+            stored = scans.join(late, where, "left_anti")  # the same (symmetric) condition
         cleared = delete_matching(spark, stored, errors_path, "ingest_errors") if had_errors else 0
+        late.unpersist()
         errors.unpersist()
         scans.unpersist()
     finally:
