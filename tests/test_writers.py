@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 import pytest
 
@@ -64,9 +65,13 @@ def test_merge_counts_updates_inserts_and_deletes(spark, tmp_path):
     assert delete_matching(spark, keys, str(tmp_path / "missing"), "ingest_errors") == 0
 
 
-def test_two_concurrent_ingests_into_a_new_warehouse_both_land(spark, tmp_path, test_files):
+@pytest.mark.parametrize("second", ["ingest", "ingest_stream"])
+def test_two_concurrent_ingests_into_a_new_warehouse_both_land(spark, tmp_path, test_files, second):
     """Two ingests of different inputs at once, into a warehouse that does not exist yet: each
-    loser of a commit race retries, and every item of both ends in scans or ingest_errors."""
+    loser of a commit race retries, and every item of both ends in scans or ingest_errors. The
+    second writer is a batch ``ingest`` or a streaming ``ingest-stream`` over a landing folder
+    (its micro-batches are ``ingest`` calls too, racing the batch run's commits)."""
+    import dataclasses
     import shutil
     import threading
 
@@ -74,6 +79,7 @@ def test_two_concurrent_ingests_into_a_new_warehouse_both_land(spark, tmp_path, 
 
     from medspark.config import PipelineConfig, with_overrides
     from medspark.pipeline import ingest
+    from medspark.stream import StreamResult, ingest_stream
 
     # Files with SOP Instance UIDs of their own, and one file in both inputs: the same UID
     # ingested by both at once is one scan and one duplicate_copy error, whichever run wins.
@@ -93,13 +99,22 @@ def test_two_concurrent_ingests_into_a_new_warehouse_both_land(spark, tmp_path, 
         folder.mkdir()
         for name in [*names[i::2], shared]:
             shutil.copyfile(test_files / name, folder / name)
-    config = with_overrides(PipelineConfig(), warehouse=str(tmp_path / "wh"))
-    results: dict[int, object] = {}
+    base = with_overrides(PipelineConfig(), warehouse=str(tmp_path / "wh"))
+    # Small micro-batches: the stream commits several times while the batch run writes.
+    config = dataclasses.replace(
+        base, ingest=dataclasses.replace(base.ingest, stream_max_files_per_trigger=4)
+    )
+    results: dict[int, Any] = {}
     failures: list[BaseException] = []
 
     def run(i: int) -> None:
         try:
-            results[i] = ingest(spark, [str(inputs[i])], config)
+            if i == 1 and second == "ingest_stream":
+                streamed = ingest_stream(spark, str(inputs[i]), config)
+                assert len(streamed.batches) > 1, streamed.summary()
+                results[i] = streamed
+            else:
+                results[i] = ingest(spark, [str(inputs[i])], config)
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             failures.append(exc)
 
@@ -128,4 +143,9 @@ def test_two_concurrent_ingests_into_a_new_warehouse_both_land(spark, tmp_path, 
     assert scans.count() + errors.count() == len(names) + 2  # each item exactly once
     copies = errors.where("error_class = 'duplicate_copy'").collect()
     assert len(copies) == 1, copies  # the shared file: one scan, one duplicate
-    assert sum(r.errors_by_class.get("duplicate_copy", 0) for r in results.values()) == 1
+    # A stream's own counts are its micro-batches' ingest results.
+    parts = []
+    for result in results.values():
+        streamed = isinstance(result, StreamResult)
+        parts += [b.ingested for b in result.batches] if streamed else [result]
+    assert sum(p.errors_by_class.get("duplicate_copy", 0) for p in parts) == 1
