@@ -343,13 +343,16 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from medspark.pipeline import prepare_pass, run_all
+    from medspark.session import effective_master
 
     plans: list[Any] = []
 
     def prepare(config: Any) -> None:
         # While the JVM starts: check the model, plan the input, and compute a small local
         # input's pass in this process (see medspark.pipeline.prepare_pass).
-        plans.append(prepare_pass(args.sources, config, args.master or config.spark.master))
+        # The master is spark-submit's when submitted: a cluster's pass runs on its executors.
+        master = effective_master(args.master, config.spark)
+        plans.append(prepare_pass(args.sources, config, master))
 
     def step(spark: Any, config: Any, record: Any) -> Any:
         from medspark.waveforms.step import waveforms_after_run

@@ -93,3 +93,50 @@ def committed(table: str) -> None:
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+#: Fault injection for tests: ``MEDSPARK_KILL_EXECUTOR=<marker file>``, set on the executors
+#: (``spark.executorEnv.MEDSPARK_KILL_EXECUTOR``), makes the first Python worker of a cluster
+#: executor that has preprocessed a batch create the marker and SIGKILL its executor's JVM, as
+#: a lost node would. Only once per marker; in local mode (no executor JVM of its own) never.
+KILL_EXECUTOR_ENV = "MEDSPARK_KILL_EXECUTOR"
+
+
+def _executor_jvm() -> int | None:
+    """The pid of the executor JVM this Python worker runs under, or None (Linux /proc only).
+
+    A worker is forked by ``pyspark.daemon``, which the executor started: the JVM is an
+    ancestor whose command line names ``CoarseGrainedExecutorBackend``.
+    """
+    pid = os.getpid()
+    for _ in range(6):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat.rsplit(")", 1)[1].split()[1])  # ppid, after the (comm) field
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            return None
+        if b"CoarseGrainedExecutorBackend" in cmdline:
+            return pid
+        if pid <= 1:
+            return None
+    return None
+
+
+def batch_done() -> None:
+    """Called by executor code after each preprocessed batch; see :data:`KILL_EXECUTOR_ENV`."""
+    marker = os.environ.get(KILL_EXECUTOR_ENV)
+    if not marker:
+        return
+    jvm = _executor_jvm()
+    if jvm is None:
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{jvm}\n")
+    import signal
+
+    os.kill(jvm, signal.SIGKILL)

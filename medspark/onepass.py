@@ -259,6 +259,7 @@ def pass_batches(batches: Iterator[Any], settings: PassSettings) -> Iterator[Any
     from pyspark import TaskContext
     from pyspark.sql.pandas.types import to_arrow_schema
 
+    from medspark.failures import batch_done
     from medspark.preprocess.udf import worker_rss_bytes
 
     ctx = TaskContext.get()
@@ -272,6 +273,7 @@ def pass_batches(batches: Iterator[Any], settings: PassSettings) -> Iterator[Any
     def flush(rows: list[dict[str, Any]], started: float) -> Any:
         nonlocal batch_index
         infer = _apply_model(rows, settings)
+        batch_done()  # a fault-injection point for tests, a no-op otherwise
         frames = [r for r in rows if r["kind"] == FRAME]
         rows.append(
             {

@@ -83,6 +83,27 @@ def _running_under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def _submitted_conf() -> dict[str, str]:
+    """The properties spark-submit put in its JVM (``--master``, ``--conf``, the properties
+    file); empty when not submitted.
+
+    ``SparkConf()`` alone does not see them: without a gateway it is an empty Python-side
+    conf. Attaching to spark-submit's gateway first makes it read the JVM's.
+    """
+    if not _running_under_spark_submit():
+        return {}
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()
+    return dict(SparkConf().getAll())
+
+
+def effective_master(master: str | None, config: SparkConfig) -> str:
+    """The master the session gets: spark-submit's ``--master`` when submitted (it is already
+    in the JVM, and wins), else ``master`` (the CLI's ``--master``), else the YAML's."""
+    return _submitted_conf().get("spark.master") or master or config.master
+
+
 def base_conf(config: SparkConfig) -> dict[str, str]:
     """Spark properties medspark sets, before the user's own ``spark.conf`` entries."""
     conf = {
@@ -125,17 +146,12 @@ def build_session(
 
     config = config or SparkConfig()
     submitted = _running_under_spark_submit()
-    given: dict[str, str] = {}
-    if submitted:
-        # spark-submit's own properties (--master, --conf, --properties-file) are already in
-        # the JVM and are the most specific choice: they win over the YAML and the defaults.
-        # The master in particular: a YAML "local[2]" must not pin the driver to 127.0.0.1
-        # when the application runs on a cluster.
-        from pyspark import SparkConf
-
-        given = dict(SparkConf().getAll())
-        master = given.get("spark.master", master or config.master)
-    master = master or config.master
+    # spark-submit's own properties (--master, --conf, --properties-file) are already in the
+    # JVM and are the most specific choice: they win over the YAML and the defaults. The
+    # master in particular: a YAML "local[2]" must not pin the driver to 127.0.0.1 when the
+    # application runs on a cluster.
+    given = _submitted_conf()
+    master = given.get("spark.master") or master or config.master
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     conf = base_conf(SparkConfig(**{**config.__dict__, "master": master}))

@@ -1,6 +1,7 @@
-"""A real Spark standalone cluster on 127.0.0.1: spark-submit the whole flow, compare with local.
+"""A real Spark standalone cluster on 127.0.0.1: spark-submit the whole flow, compare with local;
+then again with one executor killed mid-run.
 
-The master and the worker are pyspark's own daemons, started with ``spark-class`` and stopped
+The master and the workers are pyspark's own daemons, started with ``spark-class`` and stopped
 when the module ends, whatever the tests did. The job is submitted exactly as a data engineer
 would submit it (``spark-submit ... jobs/run_pipeline.py``); the test then reads the Delta
 tables both runs wrote and requires them to be equal, run ids and timestamps aside.
@@ -27,6 +28,7 @@ from helpers import RUN_COLUMNS, assert_rows_equal
 from pyspark.sql import functions as F
 
 from medspark.config import PipelineConfig, with_overrides
+from medspark.failures import KILL_EXECUTOR_ENV
 from medspark.metrics.runs import RunRecord
 from medspark.pipeline import run_all
 from medspark.session import cached_delta_jars, delta_coordinates
@@ -75,10 +77,11 @@ def _alive_workers(ui_port: int) -> int:
 
 @pytest.fixture(scope="module")
 def standalone(tmp_path_factory) -> Iterator[str]:
-    """A master and one 2-core worker; yields the master URL."""
+    """A master and two 1-core workers (so an executor can be lost while another goes on);
+    yields the master URL."""
     logs = tmp_path_factory.mktemp("standalone")
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1"}
-    port, ui, worker_ui = _free_port(), _free_port(), _free_port()
+    port, ui = _free_port(), _free_port()
     url = f"spark://127.0.0.1:{port}"
     procs = [
         _daemon(
@@ -96,33 +99,35 @@ def standalone(tmp_path_factory) -> Iterator[str]:
         )
     ]
     try:
-        procs.append(
-            _daemon(
-                [
-                    "org.apache.spark.deploy.worker.Worker",
-                    url,
-                    "--host",
-                    "127.0.0.1",
-                    "--cores",
-                    "2",
-                    "--memory",
-                    "3g",
-                    "--webui-port",
-                    str(worker_ui),
-                    "--work-dir",
-                    str(logs / "work"),
-                ],
-                logs / "worker.log",
-                env,
+        for i, worker_ui in enumerate((_free_port(), _free_port())):
+            procs.append(
+                _daemon(
+                    [
+                        "org.apache.spark.deploy.worker.Worker",
+                        url,
+                        "--host",
+                        "127.0.0.1",
+                        "--cores",
+                        "1",
+                        "--memory",
+                        "2g",
+                        "--webui-port",
+                        str(worker_ui),
+                        "--work-dir",
+                        str(logs / f"work{i}"),
+                    ],
+                    logs / f"worker{i}.log",
+                    env,
+                )
             )
-        )
         deadline = time.monotonic() + 120
-        while _alive_workers(ui) < 1:
+        while _alive_workers(ui) < 2:
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 pytest.fail(
                     "standalone cluster did not start:\n"
                     + "\n".join(
-                        (logs / n).read_text()[-2000:] for n in ("master.log", "worker.log")
+                        (logs / n).read_text()[-2000:]
+                        for n in ("master.log", "worker0.log", "worker1.log")
                     )
                 )
             time.sleep(1)
@@ -168,28 +173,24 @@ def _jar_args() -> list[str]:
     return ["--jars", ",".join(jars)] if jars else ["--packages", delta_coordinates()]
 
 
-@pytest.fixture(scope="module")
-def runs(spark, standalone, sources, tmp_path_factory) -> dict[str, Path]:
-    """The same input through the test's local session and through spark-submit to the cluster."""
-    root = tmp_path_factory.mktemp("cluster_runs")
-    local, cluster = root / "local", root / "cluster"
-    config = with_overrides(PipelineConfig(), warehouse=str(local))
-    run_all(spark, sources, config, RunRecord(run_id="local-run", job="run"))
-
+def _submit(master: str, sources: list[str], warehouse: Path, *conf: str) -> str:
+    """spark-submit ``jobs/run_pipeline.py`` as a data engineer would; returns its stdout."""
+    extra = [arg for c in conf for arg in ("--conf", c)]
     proc = subprocess.run(
         [
             str(BIN / "spark-submit"),
             "--master",
-            standalone,
+            master,
             *_jar_args(),
             "--conf",
             "spark.ui.enabled=false",
             "--conf",
             "spark.executor.memory=1g",
+            *extra,
             str(REPO / "jobs" / "run_pipeline.py"),
             *sources,
             "--warehouse",
-            str(cluster),
+            str(warehouse),
             "--conf",
             str(REPO / "conf" / "pipeline.yaml"),
         ],
@@ -199,19 +200,37 @@ def runs(spark, standalone, sources, tmp_path_factory) -> dict[str, Path]:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return {"local": local, "cluster": cluster, "stdout": proc.stdout}
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def runs(spark, standalone, sources, tmp_path_factory) -> dict[str, Path]:
+    """The same input through the test's local session, through spark-submit to the cluster,
+    and through spark-submit again with one executor killed (SIGKILL to its JVM, as a lost
+    node) right after it preprocessed its first batch."""
+    root = tmp_path_factory.mktemp("cluster_runs")
+    local, cluster, lost = root / "local", root / "cluster", root / "lost"
+    config = with_overrides(PipelineConfig(), warehouse=str(local))
+    run_all(spark, sources, config, RunRecord(run_id="local-run", job="run"))
+    stdout = _submit(standalone, sources, cluster)
+    marker = root / "killed-executor"
+    _submit(standalone, sources, lost, f"spark.executorEnv.{KILL_EXECUTOR_ENV}={marker}")
+    assert marker.exists(), "no executor was killed"
+    return {"local": local, "cluster": cluster, "lost": lost, "stdout": stdout}
 
 
 def _table(spark, warehouse: Path, table: str):
     return spark.read.format("delta").load(str(warehouse / table))
 
 
+@pytest.mark.parametrize("run", ["cluster", "lost"])
 @pytest.mark.parametrize(
     "table", ["scans", "ingest_errors", "images", "preprocess_errors", "scanner_utilization"]
 )
-def test_cluster_tables_equal_local_run(spark, runs, table):
+def test_cluster_tables_equal_local_run(spark, runs, table, run):
+    """Also when an executor was lost mid-run: its tasks ran again, nothing twice or missing."""
     assert_rows_equal(
-        _table(spark, runs["cluster"], table),
+        _table(spark, runs[run], table),
         _table(spark, runs["local"], table),
         keys=TABLES[table][1],
         drop=RUN_COLUMNS,
@@ -219,9 +238,10 @@ def test_cluster_tables_equal_local_run(spark, runs, table):
     )
 
 
-def test_cluster_predictions_equal_local_run(spark, runs):
+@pytest.mark.parametrize("run", ["cluster", "lost"])
+def test_cluster_predictions_equal_local_run(spark, runs, run):
     assert_rows_equal(
-        _table(spark, runs["cluster"], "predictions"),
+        _table(spark, runs[run], "predictions"),
         _table(spark, runs["local"], "predictions"),
         keys=TABLES["predictions"][1],
         drop=RUN_COLUMNS,
@@ -230,8 +250,9 @@ def test_cluster_predictions_equal_local_run(spark, runs):
     )
 
 
-def test_cluster_run_is_recorded_with_its_master(spark, runs, standalone):
-    job_runs = spark.read.format("delta").load(str(runs["cluster"] / "job_runs"))
+@pytest.mark.parametrize("run", ["cluster", "lost"])
+def test_cluster_run_is_recorded_with_its_master(spark, runs, standalone, run):
+    job_runs = spark.read.format("delta").load(str(runs[run] / "job_runs"))
     row = job_runs.where(F.col("job") == "run").collect()[0]
     assert row["master"] == standalone
     assert row["status"] == "succeeded"
