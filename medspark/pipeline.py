@@ -19,6 +19,7 @@ from typing import Any
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import StringType
 
 from medspark.config import PipelineConfig
 from medspark.dicom.deid import (
@@ -493,8 +494,15 @@ def evaluate(
     pseudonymizer = pseudonymizer_from_config(config.deid)
     if pseudonymizer is not None:
         # Labels come from the hospital with original UIDs; the tables hold pseudonyms.
+        uid = pseudonymizer.uid
+
+        def pseudonym(original: str | None) -> str | None:
+            return None if original is None else uid(original)
+
+        # An explicit return type and no Arrow: pyspark would otherwise try to infer a pandas
+        # eval type from the type hints and warn that it cannot.
         labels = labels.withColumn(
-            "sop_instance_uid", F.udf(pseudonymizer.uid, "string")("sop_instance_uid")
+            "sop_instance_uid", F.udf(pseudonym, StringType(), useArrow=False)("sop_instance_uid")
         )
     rows = evaluate_predictions(predictions, labels, model.class_names)
     full = [
