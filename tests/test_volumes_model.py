@@ -142,3 +142,18 @@ def test_training_is_deterministic(tmp_path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert a["held_out_metrics"] == b["held_out_metrics"]
     assert a["synthetic"] is True
+
+
+def test_volume_switches_are_checked():
+    from medspark.config import config_from_dict, with_overrides
+    from medspark.volumes.steps import volume_task
+
+    with pytest.raises(ConfigError, match=r"volumes\.in_run.*with a volumes\.model"):
+        config_from_dict({"volumes": {"in_run": True}})
+    config = config_from_dict({"volumes": {"in_run": True, "model": {"path": None}}})
+    assert config.volumes.seg is True and config.volumes.model.roi_size is None
+    remote = with_overrides(config, warehouse="s3://bucket/warehouse")
+    with pytest.raises(ConfigError, match=r"volumes\.seg.*not one"):
+        volume_task(remote)
+    task = volume_task(with_overrides(config, warehouse="/data/wh"))
+    assert task.seg_root == "/data/wh" and task.model.labels == ("lung", "nodule")

@@ -83,8 +83,10 @@ def volume_task(config: PipelineConfig) -> VolumeTask:
         raise ConfigError("volumes.model", None, "a 3D model ({path, labels, ...})")
     seg_root = None
     if v.seg:
-        warehouse = str(config._warehouse())
-        if "://" in warehouse and not warehouse.startswith("file:"):
+        import re
+
+        warehouse = str(config.warehouse or config._warehouse())  # the latter raises
+        if re.match(r"^[A-Za-z][\w+.-]*:/", warehouse) and not warehouse.startswith("file:"):
             raise ConfigError(
                 "volumes.seg",
                 True,
