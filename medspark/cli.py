@@ -350,16 +350,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     def prepare(config: Any) -> None:
         # While the JVM starts: check the model, plan the input, and compute a small local
         # input's pass in this process (see medspark.pipeline.prepare_pass).
+        if config.volumes.in_run:  # the 3D model too: a bad one is exit code 2 before any work
+            from medspark.volumes.segment import check_volume_model
+            from medspark.volumes.steps import volume_task
+
+            check_volume_model(volume_task(config).model)
         # The master is spark-submit's when submitted: a cluster's pass runs on its executors.
         master = effective_master(args.master, config.spark)
         plans.append(prepare_pass(args.sources, config, master))
 
     def step(spark: Any, config: Any, record: Any) -> Any:
+        from medspark.volumes.steps import volumes_after_run
         from medspark.waveforms.step import waveforms_after_run
 
         results = run_all(spark, args.sources, config, record, plans[0] if plans else None)
         waves = waveforms_after_run(spark, config, record)  # None: no waveform in this run
-        return (*results, waves) if waves is not None else results
+        vols = volumes_after_run(spark, config, record)  # None: volumes.in_run off, no series
+        return (*results, *(r for r in (waves, vols) if r is not None))
 
     config, results = _recorded(args, "run", step, meanwhile=prepare)
     for result in results:

@@ -254,25 +254,28 @@ class MetricsConfig:
 class VolumeModelConfig:
     """A 3D segmentation model for ``medspark volumes`` (see medspark.volumes.segment).
 
-    A TorchScript file: input (batch, 1, D, H, W) float32, output (batch, len(labels) + 1, D,
-    H, W) class scores with background first (or one foreground logit for a single label).
+    ``path``: a TorchScript file (input (batch, 1, D, H, W) float32, output (batch,
+    len(labels) + 1, D, H, W) class scores with background first, or one foreground logit for
+    a single label), or a MONAI bundle directory (``models/model.ts`` and
+    ``configs/metadata.json`` or ``configs/inference.json``, whose labels and ``roi_size`` are
+    used where the keys here are empty), or null: the bundled demonstration model (synthetic
+    chest CT: lung, nodule; ``medspark/volumes/default_model``). ``roi_size`` null: the
+    bundle's, else [64, 64, 64].
     """
 
     path: str | None = None
     labels: list[str] = field(default_factory=list)
     name: str = field(default="volume-model", metadata=_meta(pattern=r"^[\w.-]+$"))
     version: str = field(default="1", metadata=_meta(pattern=r"^[\w.-]+$"))
-    roi_size: list[int] = field(default_factory=lambda: [64, 64, 64])
+    roi_size: list[int] | None = None
     sw_batch_size: int = field(default=1, metadata=_meta(minimum=1))
     overlap: float = field(default=0.25, metadata=_meta(minimum=0.0, maximum=0.95))
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
-        if not self.path:
-            raise ConfigError("volumes.model.path", self.path, "a TorchScript file")
-        if not self.labels:
-            raise ConfigError("volumes.model.labels", self.labels, "one or more label names")
-        if len(self.roi_size) != 3 or min(self.roi_size) < 1:
+        # The labels of a bundle or of the bundled model are read on the driver when they are
+        # not given (medspark.volumes.segment.resolve_volume_model), which checks them too.
+        if self.roi_size is not None and (len(self.roi_size) != 3 or min(self.roi_size) < 1):
             raise ConfigError("volumes.model.roi_size", self.roi_size, "[slices, rows, columns]")
 
 
@@ -299,6 +302,12 @@ class VolumesConfig:
     intensity_range: list[float] | None = None
     spatial_size: list[int] | None = None
     model: VolumeModelConfig | None = None
+    # With a model: each segmented series also becomes a DICOM Segmentation file (highdicom)
+    # under <warehouse>/segmentations, its path in series_segments.seg_path.
+    seg: bool = True
+    # medspark run also runs volumes (series of this run's scans, with volumes.model) after
+    # its one pass; false: only medspark volumes does.
+    in_run: bool = False
 
     def __post_init__(self) -> None:
         if self.orientation is not None:
@@ -324,6 +333,10 @@ class VolumesConfig:
             len(self.spatial_size) != 3 or min(self.spatial_size) < 1
         ):
             raise ConfigError("volumes.spatial_size", self.spatial_size, "[slices, rows, columns]")
+        if self.in_run and self.model is None:
+            raise ConfigError(
+                "volumes.in_run", self.in_run, "false, or true with a volumes.model to run"
+            )
 
 
 @dataclass(frozen=True)

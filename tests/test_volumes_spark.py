@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -99,6 +102,41 @@ def test_series_table_after_ingest(spark, volumes_warehouse, pseudo):
     assert mixed["verdict"] == "mixed_size" and "20x20" in mixed["verdict_detail"]
 
 
+def _check_seg_file(spark, config, seg, truth):
+    """The DICOM SEG beside the warehouse opens with highdicom and pydicom, refers only to
+    instances of scans (pseudonymous UIDs), and its frames hold the segment's volume."""
+    import highdicom as hd
+    import pydicom
+
+    assert seg["seg_path"] == (f"segmentations/{seg['series_instance_uid']}/threshold-1.dcm")
+    path = f"{config.warehouse}/{seg['seg_path']}"
+    ds = pydicom.dcmread(path)
+    read = hd.seg.segread(path)
+    referenced = {
+        item.ReferencedSOPInstanceUID
+        for series in ds.ReferencedSeriesSequence
+        for item in series.ReferencedInstanceSequence
+    }
+    scans = _rows(spark, config, "scans")
+    sops = {
+        r["sop_instance_uid"]
+        for r in scans
+        if r["series_instance_uid"] == seg["series_instance_uid"]
+    }
+    assert referenced == sops and len(sops) == 16
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == seg["series_instance_uid"]
+    patient = {
+        r["patient_id"] for r in scans if r["series_instance_uid"] == seg["series_instance_uid"]
+    }
+    assert {ds.PatientID} == patient and ds.PatientIdentityRemoved == "YES"
+    # Frames on the source grid (2.5 x 0.8 x 0.7 mm): the volume the segmented 1 mm grid gave,
+    # within the nearest-neighbour resampling back to it.
+    voxels = int((read.get_volume(combine_segments=True).array > 0).sum())
+    seg_ml = voxels * 2.5 * 0.8 * 0.7 / 1000
+    assert abs(seg_ml - seg["volume_ml"]) / seg["volume_ml"] < 0.05, (seg_ml, seg["volume_ml"])
+    assert abs(seg_ml - truth) / truth < 0.05
+
+
 def test_volumes_segments_the_sphere_and_reports_bad_series(
     spark, volumes_warehouse, pseudo, tmp_path
 ):
@@ -126,6 +164,8 @@ def test_volumes_segments_the_sphere_and_reports_bad_series(
     center = np.array(ORIGIN) + [CENTER[2], CENTER[1], CENTER[0]]  # LPS: i->x, j->y, k->z
     assert np.linalg.norm(np.array(seg["centroid"]) - center) < min(SPACING)
     assert seg["slices"] == 16 and seg["voxel_spacing"] == pytest.approx([1.0, 1.0, 1.0])
+    _check_seg_file(spark, config, seg, truth)
+    seg_bytes = (Path(config.warehouse) / seg["seg_path"]).read_bytes()
 
     errors = {r["series_instance_uid"]: r for r in _rows(spark, config, "series_errors")}
     assert errors[pseudo.uid(UIDS["missing"])]["error_class"] == "irregular_series"
@@ -141,12 +181,30 @@ def test_volumes_segments_the_sphere_and_reports_bad_series(
     # The damaged file restored: a second run segments that series too and clears its error
     # row; the sphere's row is updated, not added again.
     volumes_warehouse["corrupt"].write_bytes(volumes_warehouse["corrupt_bytes"])
-    again = volumes(spark, config, "test-volumes-rerun")
-    assert (again.segmented, again.errors_cleared) == (2, 1)
+    # This second run goes through medspark run's hook (volumes.in_run): the series of the
+    # ingest's run, all four here, are segmented again; a run that wrote no scans row, or
+    # in_run off, touches nothing.
+    from medspark.metrics.runs import RunRecord
+    from medspark.volumes.steps import volumes_after_run
+
+    assert volumes_after_run(spark, config, RunRecord(run_id="x", job="run")) is None
+    in_run = with_overrides(config, volumes=dataclasses.replace(config.volumes, in_run=True))
+    assert volumes_after_run(spark, in_run, RunRecord(run_id="none", job="run")) is None
+    (ingest_run,) = {r["run_id"] for r in _rows(spark, config, "scans")}
+    record = RunRecord(run_id=ingest_run, job="run", items_in=7)
+    again = volumes_after_run(spark, in_run, record)
+    assert (again.series, again.segmented, again.errors_cleared) == (4, 2, 1)
+    assert record.rows_out == {"series_segments": 2, "series_errors": 2}
+    assert record.items_in == 7 and record.errors == 2
     segments = _rows(spark, config, "series_segments")
     assert sorted(r["series_instance_uid"] for r in segments) == sorted(
         pseudo.uid(UIDS[k]) for k in ("sphere", "corrupt")
     )
-    assert {r["run_id"] for r in segments} == {"test-volumes-rerun"}
+    assert {r["run_id"] for r in segments} == {ingest_run}
+    # The rerun wrote the same SEG bytes at the same path; the restored series got its own.
+    assert result.seg_files == 1 and again.seg_files == 2
+    paths = sorted((Path(config.warehouse) / "segmentations").rglob("*"))
+    assert [p.name for p in paths if p.is_file()] == ["threshold-1.dcm"] * 2
+    assert (Path(config.warehouse) / seg["seg_path"]).read_bytes() == seg_bytes
     remaining = {r["series_instance_uid"] for r in _rows(spark, config, "series_errors")}
     assert remaining == {pseudo.uid(UIDS["missing"]), pseudo.uid(UIDS["mixed"])}

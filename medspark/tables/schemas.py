@@ -678,9 +678,18 @@ VOLUME_OUT = StructType(
             True,
             "shape of the segmented grid [slices, rows, columns]",
         ),
+        _f(
+            "seg_path",
+            StringType(),
+            True,
+            "the DICOM Segmentation file of this series and model version, relative to the "
+            "warehouse (segmentations/<series uid>/<model>-<version>.dcm); null when "
+            "volumes.seg is off or the series is not single-frame slices",
+        ),
         _f("seconds_assemble", DoubleType(), True, "read + decode + stack of the series"),
         _f("seconds_preprocess", DoubleType(), True, "3D chain"),
         _f("seconds_infer", DoubleType(), True, "sliding-window inference"),
+        _f("seconds_seg", DoubleType(), True, "DICOM SEG built and written"),
         _f("rss_bytes", LongType(), True, "Python worker resident memory after the series"),
         _f("error_class", StringType(), True),
         _f("error_message", StringType(), True),
@@ -707,6 +716,7 @@ SERIES_SEGMENTS = StructType(
             "slices",
             "voxel_spacing",
             "grid_shape",
+            "seg_path",
         )
     ]
     + _RUN_FIELDS
@@ -724,7 +734,8 @@ SERIES_ERRORS = StructType(
             StringType(),
             False,
             "irregular_series, series_too_large, not_monochrome, unreadable, source_changed, "
-            "undecodable_file, undecodable_frame, segmentation_failed (or the reader's class)",
+            "undecodable_file, undecodable_frame, segmentation_failed, seg_failed (or the reader's "
+            "class)",
         ),
         _f("message", StringType(), False, "the reason, naming the series (and instance, frame)"),
     ]

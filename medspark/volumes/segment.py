@@ -26,6 +26,7 @@ from medspark.errors import ConfigError
 __all__ = [
     "VolumeModel",
     "check_volume_model",
+    "resolve_volume_model",
     "label_statistics",
     "load_volume_model",
     "segment",
@@ -44,6 +45,109 @@ class VolumeModel:
     sw_batch_size: int = 1
     overlap: float = 0.25
     device: str = "auto"
+
+
+_BUNDLE_ALLOWED = (
+    "a TorchScript file, or a MONAI bundle directory with models/model.ts and "
+    "configs/metadata.json or configs/inference.json"
+)
+
+
+def _read_json(path: Any, key: str) -> dict[str, Any]:
+    import json
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(key, str(path), f"readable JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(key, str(path), "a JSON object")
+    return doc
+
+
+def _bundle_labels(metadata: dict[str, Any]) -> list[str] | None:
+    """Label names (channel 0, background, left out) of a MONAI bundle's metadata.json:
+    ``network_data_format.outputs.pred.channel_def`` (``{"0": "background", "1": ...}``)."""
+    outputs = (metadata.get("network_data_format") or {}).get("outputs") or {}
+    pred = outputs.get("pred") or next(iter(outputs.values()), None) or {}
+    channels = pred.get("channel_def") if isinstance(pred, dict) else None
+    if not isinstance(channels, dict) or not channels:
+        return None
+    ordered = sorted(((int(k), str(v)) for k, v in channels.items()), key=lambda kv: kv[0])
+    return [name for index, name in ordered if index != 0]
+
+
+def _bundle_roi(inference: dict[str, Any]) -> list[int] | None:
+    """``roi_size`` of a MONAI bundle's inference.json: the inferer's, or a top-level one."""
+    for candidate in ((inference.get("inferer") or {}).get("roi_size"), inference.get("roi_size")):
+        if (
+            isinstance(candidate, list)
+            and len(candidate) == 3
+            and all(isinstance(v, int) and v > 0 for v in candidate)
+        ):
+            return list(candidate)
+    return None
+
+
+def resolve_volume_model(cfg: Any) -> VolumeModel:
+    """The :class:`VolumeModel` of a ``volumes.model`` config (:class:`VolumeModelConfig`), on
+    the driver: ``path`` null is the bundled demonstration model (its labels, ROI, name and
+    version unless given); a directory is a MONAI bundle, whose ``models/model.ts`` is the
+    model and whose ``configs/metadata.json`` (labels from the output's ``channel_def``) and
+    ``configs/inference.json`` (the inferer's ``roi_size``) fill the keys left empty. Raises
+    :class:`ConfigError` naming the key, the value and what is allowed."""
+    from pathlib import Path
+
+    key = "volumes.model"
+    labels = list(cfg.labels)
+    roi = list(cfg.roi_size) if cfg.roi_size is not None else None
+    name, version = cfg.name, cfg.version
+    if cfg.path is None:
+        from medspark.volumes.train import DEFAULT_MODEL_FILE, DEMO_MODEL
+
+        path = DEFAULT_MODEL_FILE
+        labels = labels or list(DEMO_MODEL["labels"])
+        roi = roi or list(DEMO_MODEL["roi_size"])
+        if name == "volume-model":  # the default name: the bundled model's own
+            name, version = DEMO_MODEL["name"], DEMO_MODEL["version"]
+    else:
+        path = Path(cfg.path)
+        if path.is_dir():
+            model_file = path / "models" / "model.ts"
+            metadata = path / "configs" / "metadata.json"
+            inference = path / "configs" / "inference.json"
+            if not model_file.is_file() or not (metadata.is_file() or inference.is_file()):
+                raise ConfigError(f"{key}.path", str(path), _BUNDLE_ALLOWED)
+            found = None
+            if metadata.is_file():
+                found = _bundle_labels(_read_json(metadata, f"{key}.path"))
+            if found is not None:
+                if labels and labels != found:
+                    raise ConfigError(
+                        f"{key}.labels",
+                        labels,
+                        f"the bundle's channel_def labels {found} (or leave labels empty)",
+                    )
+                labels = found
+            if roi is None and inference.is_file():
+                roi = _bundle_roi(_read_json(inference, f"{key}.path"))
+            path = model_file
+        elif not path.is_file():
+            raise ConfigError(f"{key}.path", str(path), _BUNDLE_ALLOWED)
+    if not labels:
+        raise ConfigError(
+            f"{key}.labels", labels, "one or more label names (or a bundle whose metadata has them)"
+        )
+    return VolumeModel(
+        name=name,
+        version=version,
+        path=str(path),
+        labels=tuple(labels),
+        roi_size=tuple(roi or (64, 64, 64)),  # type: ignore[arg-type]
+        sw_batch_size=cfg.sw_batch_size,
+        overlap=cfg.overlap,
+        device=cfg.device,
+    )
 
 
 def _device(name: str) -> Any:
@@ -67,9 +171,28 @@ def load_volume_model(path: str, device: str) -> Any:
     return module
 
 
+_CHECKED: set[tuple[Any, ...]] = set()
+
+
 def check_volume_model(model: VolumeModel) -> None:
     """On the driver, before any task: the file loads and maps a ``roi_size`` window to the
-    declared number of label channels. Raises :class:`ConfigError` naming the key."""
+    declared number of label channels. Raises :class:`ConfigError` naming the key. A check
+    that passed is not repeated in the process for the same model and file (``run`` checks
+    before Spark starts and again in its volumes step)."""
+    import os
+
+    try:
+        st = os.stat(model.path)
+        state: tuple[Any, ...] = (model, st.st_size, st.st_mtime_ns)
+    except OSError:
+        state = (model, None)
+    if state in _CHECKED:
+        return
+    _check_volume_model(model)
+    _CHECKED.add(state)
+
+
+def _check_volume_model(model: VolumeModel) -> None:
     import os
 
     import torch

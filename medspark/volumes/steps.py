@@ -30,16 +30,32 @@ from medspark.volumes.transforms import VolumePreprocess
 
 __all__ = [
     "SEGMENTATION_FAILED",
+    "SEG_FAILED",
+    "SEG_INPUT_COLUMNS",
     "VolumeTask",
     "VolumesResult",
     "segment_series",
     "volume_rows",
     "volume_task",
     "volumes",
+    "volumes_after_run",
 ]
 
 #: The model or the 3D chain raised on a series that assembled fine.
 SEGMENTATION_FAILED = "segmentation_failed"
+#: The series was segmented but its DICOM SEG could not be built or written; its rows are not
+#: written either (a rerun writes both), so series_segments never points at a missing file.
+SEG_FAILED = "seg_failed"
+
+#: The ``scans`` columns the DICOM SEG's source datasets need beside the volume's, plus
+#: ``seg_header`` (:data:`medspark.volumes.dicom_seg.SEG_HEADER_TAGS` of ``header_json``).
+SEG_INPUT_COLUMNS = (
+    "sop_class_uid",
+    "study_instance_uid",
+    "patient_id",
+    "study_date",
+    "study_time",
+)
 
 
 @dataclass(frozen=True)
@@ -49,18 +65,35 @@ class VolumeTask:
     assemble: VolumeSettings
     preprocess: VolumePreprocess
     model: VolumeModel
+    #: The warehouse directory the DICOM SEG files go under (volumes.seg), or None.
+    seg_root: str | None = None
+    software_version: str = "0"
 
 
 def volume_task(config: PipelineConfig) -> VolumeTask:
     """The executor settings of ``config`` (``volumes.model`` must be set)."""
+    from medspark import __version__
     from medspark.errors import ConfigError
     from medspark.onepass import limits
+    from medspark.volumes.segment import resolve_volume_model
     from medspark.volumes.transforms import as_triple
 
     v = config.volumes
     if v.model is None:
         raise ConfigError("volumes.model", None, "a 3D model ({path, labels, ...})")
-    m = v.model
+    seg_root = None
+    if v.seg:
+        import re
+
+        warehouse = str(config.warehouse or config._warehouse())  # the latter raises
+        if re.match(r"^[A-Za-z][\w+.-]*:/", warehouse) and not warehouse.startswith("file:"):
+            raise ConfigError(
+                "volumes.seg",
+                True,
+                f"false: the SEG files are written to a file system path, and the warehouse "
+                f"{warehouse} is not one",
+            )
+        seg_root = warehouse.removeprefix("file://").removeprefix("file:")
     return VolumeTask(
         assemble=VolumeSettings(max_voxels=v.max_voxels, limits=limits(config.ingest)),
         preprocess=VolumePreprocess(
@@ -69,16 +102,9 @@ def volume_task(config: PipelineConfig) -> VolumeTask:
             intensity_range=None if v.intensity_range is None else tuple(v.intensity_range),  # type: ignore[arg-type]
             spatial_size=None if v.spatial_size is None else tuple(v.spatial_size),  # type: ignore[arg-type]
         ),
-        model=VolumeModel(
-            name=m.name,
-            version=m.version,
-            path=str(m.path),
-            labels=tuple(m.labels),
-            roi_size=tuple(m.roi_size),  # type: ignore[arg-type]
-            sw_batch_size=m.sw_batch_size,
-            overlap=m.overlap,
-            device=m.device,
-        ),
+        model=resolve_volume_model(v.model),
+        seg_root=seg_root,
+        software_version=__version__,
     )
 
 
@@ -103,11 +129,13 @@ def volume_rows(rows: list[dict[str, Any]], task: VolumeTask) -> list[dict[str, 
     try:
         image, affine = preprocess_volume(volume.array, volume.affine, task.preprocess)
         slices = volume.array.shape[0]
+        source_grid = (volume.affine, volume.array.shape, volume.slices)
         del volume  # the preprocessed copy is all that is needed now
         t2 = time.perf_counter()
         labels = segment(image, model)
-        t3 = time.perf_counter()
+        t_infer = time.perf_counter() - t2
         stats = label_statistics(labels, affine, model.labels)
+        t3 = time.perf_counter()  # the SEG's time is measured from here
     except Exception as exc:  # a model or transform failure is this series' error row
         message = " ".join(f"{type(exc).__name__}: {exc}".split())
         return [
@@ -117,6 +145,16 @@ def volume_rows(rows: list[dict[str, Any]], task: VolumeTask) -> list[dict[str, 
                 "error_message": f"series {uid}: {message}",
             }
         ]
+    seg_path = None
+    if task.seg_root is not None:
+        try:
+            seg_path = write_seg(rows, labels, affine, source_grid, task)
+        except Exception as exc:  # this series' error row; the others go on
+            message = " ".join(f"{type(exc).__name__}: {exc}".split())
+            return [
+                {**base, "error_class": SEG_FAILED, "error_message": f"series {uid}: {message}"}
+            ]
+    t4 = time.perf_counter()
     common = {
         **base,
         "slices": slices,
@@ -124,10 +162,53 @@ def volume_rows(rows: list[dict[str, Any]], task: VolumeTask) -> list[dict[str, 
         "grid_shape": [int(n) for n in labels.shape],
         "seconds_assemble": t1 - t0,
         "seconds_preprocess": t2 - t1,
-        "seconds_infer": t3 - t2,
+        "seconds_infer": t_infer,
+        "seconds_seg": t4 - t3,
+        "seg_path": seg_path,
         "rss_bytes": worker_rss_bytes(),
     }
     return [{**common, **s} for s in stats]
+
+
+def write_seg(
+    rows: list[dict[str, Any]],
+    labels: Any,
+    labels_affine: Any,
+    source_grid: tuple[Any, tuple[int, ...], list[tuple[str, int]]],
+    task: VolumeTask,
+) -> str | None:
+    """Write the DICOM SEG of one segmented series (:mod:`medspark.volumes.dicom_seg`) under
+    ``task.seg_root``; its path relative to it, or None for a series that is not made of
+    single-frame slices (a SEG of frames of an enhanced object is not written yet)."""
+    from medspark.volumes.dicom_seg import (
+        labels_on_grid,
+        seg_relative_path,
+        segmentation_dataset,
+        source_datasets,
+        write_atomically,
+    )
+
+    affine, shape, order = source_grid
+    if any(frame != 0 for _, frame in order) or any(
+        int(r.get("number_of_frames") or 1) > 1 for r in rows
+    ):
+        return None
+    by_sop = {r["sop_instance_uid"]: r for r in rows}
+    on_grid = labels_on_grid(labels, labels_affine, affine, shape)
+    seg = segmentation_dataset(
+        source_datasets([by_sop[sop] for sop, _ in order]),
+        on_grid,
+        task.model.labels,
+        model=task.model.name,
+        version=task.model.version,
+        software_version=task.software_version,
+    )
+    relative = seg_relative_path(
+        rows[0]["series_instance_uid"], task.model.name, task.model.version
+    )
+    assert task.seg_root is not None
+    write_atomically(seg, f"{task.seg_root}/{relative}")
+    return relative
 
 
 def _keys_for_paths(message: str, rows: list[dict[str, Any]]) -> str:
@@ -170,7 +251,17 @@ def segment_series(scans: DataFrame, config: PipelineConfig, task: VolumeTask) -
     assembled, preprocessed and segmented in one task (one group of ``applyInArrow``)."""
     from medspark.pipeline import with_paths
     from medspark.tables.schemas import VOLUME_OUT
+    from medspark.volumes.dicom_seg import SEG_HEADER_TAGS
 
+    seg_columns: list[Any] = []
+    if task.seg_root is not None:
+        # The few de-identified header values a SEG repeats travel, not the whole header.
+        pairs = [
+            c
+            for tag in SEG_HEADER_TAGS
+            for c in (F.lit(tag), F.get_json_object("header_json", f"$.{tag}"))
+        ]
+        seg_columns = [*SEG_INPUT_COLUMNS, F.to_json(F.create_map(*pairs)).alias("seg_header")]
     candidates = scans.where(
         F.col("has_pixels")
         & F.col("series_instance_uid").isNotNull()
@@ -182,6 +273,7 @@ def segment_series(scans: DataFrame, config: PipelineConfig, task: VolumeTask) -
         # The location keys stay beside the paths: error messages name files by their key.
         F.col("source_uri").alias("location_key"),
         F.col("archive_member").alias("member_key"),
+        *seg_columns,
     )
     # Files are read at their paths (restricted_locations), as preprocess reads them.
     candidates = with_paths(scans.sparkSession, config, candidates)
@@ -201,6 +293,7 @@ class VolumesResult:
     model: str | None = None
     errors_cleared: int = 0  # series_errors rows of earlier runs whose series succeeded now
     peak_rss_bytes: int | None = None  # largest Python worker RSS after a segmented series
+    seg_files: int = 0  # DICOM SEG files written (or found identical) this run
 
     def summary(self) -> str:
         lines = [
@@ -212,6 +305,8 @@ class VolumesResult:
             lines.append(
                 f"  {self.segmented} series segmented by {self.model} ({self.segments} label rows)"
             )
+            if self.seg_files:
+                lines.append(f"  {self.seg_files} DICOM SEG files under <warehouse>/segmentations")
             if self.peak_rss_bytes:
                 lines.append(f"  peak worker memory {self.peak_rss_bytes / 2**20:.0f} MiB")
             now = "those series are segmented now"
@@ -235,9 +330,7 @@ def volumes(spark: Any, config: PipelineConfig, run_id: str) -> VolumesResult:
     ``volumes.model``, segment every series of ``volumes.modalities`` into
     ``series_segments`` and ``series_errors`` (MERGE: a rerun of the same model version adds
     no row). The model is checked on the driver before any task starts."""
-    from delta.tables import DeltaTable
-
-    from medspark.tables.writers import concurrently, delete_matching, merge_into
+    from medspark.tables.writers import merge_into
     from medspark.volumes.segment import check_volume_model
     from medspark.volumes.series import build_series
 
@@ -253,9 +346,58 @@ def volumes(spark: Any, config: PipelineConfig, run_id: str) -> VolumesResult:
     finally:
         series.unpersist()
     result = VolumesResult(run_id=run_id, series=n_series)
-    if task is None:
-        result.seconds = time.monotonic() - start
-        return result
+    if task is not None:
+        _segment_into_tables(spark, config, task, scans, run_id, result)
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def volumes_after_run(spark: Any, config: PipelineConfig, record: Any) -> VolumesResult | None:
+    """``medspark run``'s volumes step (``volumes.in_run`` with a ``volumes.model``): the
+    series this run wrote instances of (``scans.run_id``; all their instances, earlier ones
+    too) are segmented into ``series_segments`` / ``series_errors`` (and DICOM SEG files).
+    ``series`` itself was refreshed by the run. None (and no table touched) when the switch
+    is off or the run wrote no series."""
+    from medspark.volumes.segment import check_volume_model
+
+    if not config.volumes.in_run or config.volumes.model is None:
+        return None
+    start = time.monotonic()
+    task = volume_task(config)
+    check_volume_model(task.model)  # checked before Spark started too (medspark.cli)
+    scans = spark.read.format("delta").load(config.table_path("scans"))
+    touched = (
+        scans.where((F.col("run_id") == record.run_id) & F.col("series_instance_uid").isNotNull())
+        .select("series_instance_uid")
+        .distinct()
+    )
+    if touched.isEmpty():
+        return None
+    result = VolumesResult(run_id=record.run_id, series=touched.count())
+    subset = scans.join(touched, "series_instance_uid", "left_semi")
+    _segment_into_tables(spark, config, task, subset, record.run_id, result)
+    result.seconds = time.monotonic() - start
+    record.uses_torch = True
+    record.rows_out["series_segments"] = result.segments
+    record.rows_out["series_errors"] = sum(result.errors_by_class.values())
+    record.errors = (record.errors or 0) + sum(result.errors_by_class.values())
+    return result
+
+
+def _segment_into_tables(
+    spark: Any,
+    config: PipelineConfig,
+    task: VolumeTask,
+    scans: DataFrame,
+    run_id: str,
+    result: VolumesResult,
+) -> None:
+    """Segment the series of ``scans`` and MERGE the rows into ``series_segments`` and
+    ``series_errors``; fills ``result``'s counts."""
+    from delta.tables import DeltaTable
+
+    from medspark.tables.writers import concurrently, delete_matching, merge_into
+
     errors_path = config.table_path("series_errors")
     had_errors = DeltaTable.isDeltaTable(spark, errors_path)
     out = segment_series(scans, config, task).persist(StorageLevel.MEMORY_AND_DISK)
@@ -266,6 +408,7 @@ def volumes(spark: Any, config: PipelineConfig, run_id: str) -> VolumesResult:
                 F.count("*").alias("n"),
                 F.countDistinct("series_instance_uid").alias("s"),
                 F.max("rss_bytes").alias("rss"),
+                F.countDistinct("seg_path").alias("seg"),
             )
             .collect()
         )
@@ -299,8 +442,7 @@ def volumes(spark: Any, config: PipelineConfig, run_id: str) -> VolumesResult:
         if r["error_class"] is None:
             result.segmented, result.segments = int(r["s"]), int(r["n"])
             result.peak_rss_bytes = r["rss"]
+            result.seg_files = int(r["seg"])
         else:
             result.errors_by_class[r["error_class"]] = int(r["n"])
     result.model = f"{task.model.name} {task.model.version}"
-    result.seconds = time.monotonic() - start
-    return result
