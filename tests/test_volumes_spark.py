@@ -29,6 +29,7 @@ UIDS = {
     "missing": "1.2.826.0.1.3680043.8.498.12",
     "mixed": "1.2.826.0.1.3680043.8.498.13",
     "corrupt": "1.2.826.0.1.3680043.8.498.14",
+    "single": "1.2.826.0.1.3680043.8.498.15",  # one slice: a series, not a volume
 }
 
 
@@ -53,6 +54,7 @@ def volumes_warehouse(spark, tmp_path_factory):
     corrupt = write_series(
         src / "d", hu[:6], SPACING, series_uid=UIDS["corrupt"], study_uid=STUDY, seed=4
     )
+    write_series(src / "e", hu[8:9], SPACING, series_uid=UIDS["single"], study_uid=STUDY, seed=5)
     config = with_overrides(PipelineConfig(), warehouse=str(tmp_path_factory.mktemp("vol_wh")))
     from medspark.pipeline import ingest
 
@@ -71,7 +73,8 @@ def test_series_table_after_ingest(spark, volumes_warehouse, pseudo):
     by_uid = {r["series_instance_uid"]: r for r in _rows(spark, config, "series")}
     # Keys are the pseudonyms scans holds, never the original UIDs.
     assert set(by_uid) == {pseudo.uid(u) for u in UIDS.values()}
-    assert len(by_uid) == 4
+    assert len(by_uid) == 5
+    assert by_uid[pseudo.uid(UIDS["single"])]["verdict"] == "single_slice"
     scans_series = {r["series_instance_uid"] for r in _rows(spark, config, "scans")}
     assert set(by_uid) == scans_series
 
@@ -152,7 +155,8 @@ def test_volumes_segments_the_sphere_and_reports_bad_series(
     )
     config = with_overrides(volumes_warehouse["config"], volumes=volume_config)
     result = volumes(spark, config, "test-volumes-run")
-    assert (result.series, result.segmented, result.segments) == (4, 1, 1)
+    # The single slice is no volume and no error: its series row says single_slice.
+    assert (result.series, result.segmented, result.segments) == (5, 1, 1)
     assert result.peak_rss_bytes > 50 * 2**20  # a Python worker with torch loaded
     assert result.errors_by_class == {"irregular_series": 2, "source_changed": 1}
 
@@ -182,7 +186,7 @@ def test_volumes_segments_the_sphere_and_reports_bad_series(
     # row; the sphere's row is updated, not added again.
     volumes_warehouse["corrupt"].write_bytes(volumes_warehouse["corrupt_bytes"])
     # This second run goes through medspark run's hook (volumes.in_run): the series of the
-    # ingest's run, all four here, are segmented again; a run that wrote no scans row, or
+    # ingest's run, all five here, are segmented again; a run that wrote no scans row, or
     # in_run off, touches nothing.
     from medspark.metrics.runs import RunRecord
     from medspark.volumes.steps import volumes_after_run
@@ -193,7 +197,7 @@ def test_volumes_segments_the_sphere_and_reports_bad_series(
     (ingest_run,) = {r["run_id"] for r in _rows(spark, config, "scans")}
     record = RunRecord(run_id=ingest_run, job="run", items_in=7)
     again = volumes_after_run(spark, in_run, record)
-    assert (again.series, again.segmented, again.errors_cleared) == (4, 2, 1)
+    assert (again.series, again.segmented, again.errors_cleared) == (5, 2, 1)
     assert record.rows_out == {"series_segments": 2, "series_errors": 2}
     assert record.items_in == 7 and record.errors == 2
     segments = _rows(spark, config, "series_segments")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from medspark.config import PipelineConfig
@@ -262,10 +262,18 @@ def segment_series(scans: DataFrame, config: PipelineConfig, task: VolumeTask) -
             for c in (F.lit(tag), F.get_json_object("header_json", f"$.{tag}"))
         ]
         seg_columns = [*SEG_INPUT_COLUMNS, F.to_json(F.create_map(*pairs)).alias("seg_header")]
-    candidates = scans.where(
+    pixels = scans.where(
         F.col("has_pixels")
         & F.col("series_instance_uid").isNotNull()
         & F.col("modality").isin(*config.volumes.modalities)
+    )
+    # A series of one frame (a localiser, a single slice) is no volume: not an error either.
+    # Its series row says single_slice, so it is accounted for there.
+    frames = F.sum(F.coalesce("number_of_frames", F.lit(1))).over(
+        Window.partitionBy("series_instance_uid")
+    )
+    candidates = (
+        pixels.withColumn("_series_frames", frames).where(F.col("_series_frames") > 1)
     ).select(
         *[c for c in VOLUME_INPUT_COLUMNS if c != "header_json"],
         # The header travels only for the rows whose geometry is in it.
