@@ -195,3 +195,95 @@ def test_saliency_needs_the_convention_and_says_so(tmp_path):
         check_model(cfg, [224, 224], saliency=True)
     text = str(err.value)
     assert "inference.saliency" in text and "features" in text and "plain.pt" in text
+
+
+def test_saliency_changes_no_prediction_and_gives_a_row_each():
+    from medspark.inference.predict import PredictSettings, make_predict_fn_factory
+
+    rows, _ = _frames(range(HELD_OUT.start, HELD_OUT.start + 5))
+    tensors = np.empty(5, dtype=object)
+    tensors[:] = [r["tensor"] for r in rows]
+    beside = [np.empty(5, dtype=object) for _ in range(3)]
+    for i, name in enumerate(("thumbnail_png", "frame_rows", "frame_columns")):
+        beside[i][:] = [r[name] for r in rows]
+    beside[0][4] = None  # a withheld frame: no thumbnail
+    off = make_predict_fn_factory(PredictSettings(ModelConfig(), device="cpu"))()
+    on = make_predict_fn_factory(PredictSettings(ModelConfig(), device="cpu", saliency=True))()
+    plain, salient = off(tensors), on(tensors, *beside)
+    for name in ("label", "score", "probabilities"):
+        assert np.array_equal(plain[name], salient[name]), name
+    assert "heatmap_png_b64" not in plain
+    assert list(salient["saliency_target"]) == list(plain["label"])
+    assert salient["bbox_ints"].shape == (5, 4) and salient["map_shape"].tolist() == [[28, 28]] * 5
+    assert (salient["peak_x"] >= 0).all() and (salient["peak_x"] < 256).all()
+
+
+def _with_saliency(config: PipelineConfig, on: bool = True) -> PipelineConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, inference=dataclasses.replace(config.inference, saliency=on))
+
+
+def _rows(spark, config: PipelineConfig, table: str) -> dict:
+    df = spark.read.format("delta").load(config.table_path(table))
+    return {(r.sop_instance_uid, r.frame): r for r in df.collect()}
+
+
+@pytest.mark.spark
+def test_infer_and_run_write_a_saliency_row_per_prediction(spark, tmp_path, test_files):
+    """A row per prediction, keyed like it, with a PNG of the thumbnail's size and boxes in
+    bounds; a re-run commits nothing; ``run`` writes the same maps from its one pass."""
+    import shutil
+
+    from delta.tables import DeltaTable
+
+    from medspark.config import with_overrides
+    from medspark.metrics.runs import RunRecord
+    from medspark.pipeline import infer, ingest, preprocess, run_all
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for seed in (1000001, 1000002, 1000003):
+        (src / f"{seed}.dcm").write_bytes(ct_slice_bytes(SliceSpec(seed % 2 == 1, seed)))
+    # Ultrasound without regions: its pixels are withheld, so its overlay has none either.
+    shutil.copyfile(test_files / "examples_rgb_color.dcm", src / "us.dcm")
+    # (Saliency off, infer and run write no saliency table: test_inference, test_onepass.)
+    on = _with_saliency(with_overrides(PipelineConfig(), warehouse=str(tmp_path / "steps")))
+    ingest(spark, [str(src)], on)
+    preprocess(spark, on)
+    infer(spark, on)
+    predictions = _rows(spark, on, "predictions")
+    images = _rows(spark, on, "images")
+    saliency = _rows(spark, on, "saliency")
+    assert saliency.keys() == predictions.keys() and len(saliency) == 4
+    for key, s in saliency.items():
+        p, image = predictions[key], images[key]
+        assert (s.model, s.model_version, s.target_class) == (p.model, p.model_version, p.label)
+        assert s.method == "grad-cam" and s.map_shape == [28, 28] and s.peak_value > 0
+        png = cv2.imdecode(np.frombuffer(s.heatmap_png, np.uint8), cv2.IMREAD_COLOR)
+        if image.thumbnail_png is not None:
+            assert png.shape[:2] == thumbnail_shape(image.thumbnail_png)
+        else:  # withheld: the thumbnail's size, over black
+            assert image.burned_in_action == "withheld"
+            longest = max(image.frame_rows, image.frame_columns)
+            assert max(png.shape[:2]) == min(128, longest)
+        rows, cols = png.shape[:2]
+        b, f = s.bbox, s.bbox_frame
+        assert 0 <= b.x_min <= b.x_max < cols and 0 <= b.y_min <= b.y_max < rows
+        assert 0 <= f.x_min <= s.peak_x <= f.x_max < image.frame_columns
+        assert 0 <= f.y_min <= s.peak_y <= f.y_max < image.frame_rows
+    table = DeltaTable.forPath(spark, on.table_path("saliency"))
+    version = table.history(1).collect()[0].version
+    infer(spark, on)  # the same maps again: nothing to commit
+    assert table.history(1).collect()[0].version == version
+
+    # run: the same rows from its one pass (computed in the driver for this small input).
+    one = _with_saliency(with_overrides(PipelineConfig(), warehouse=str(tmp_path / "pass")))
+    run_all(spark, [str(src)], one, RunRecord(run_id="pass-1", job="run"))
+    ran = _rows(spark, one, "saliency")
+    assert ran.keys() == saliency.keys()
+    for key, s in ran.items():
+        assert s.target_class == saliency[key].target_class
+        assert s.bbox_frame == saliency[key].bbox_frame
+        assert (s.peak_x, s.peak_y) == (saliency[key].peak_x, saliency[key].peak_y)
+        assert s.peak_value == pytest.approx(saliency[key].peak_value, rel=1e-4)
