@@ -219,7 +219,8 @@ def make_predict_fn_factory(settings: PredictSettings) -> Callable[[], Callable[
                 "partition": np.full(n, partition, dtype=np.int32),
                 "batch": np.full(n, batch_index, dtype=np.int32),
                 "seconds_infer": np.full(n, t_end - t_infer),
-                "seconds_wall": np.full(n, t_end - t_start),
+                # The whole call: with saliency on, its maps and PNGs too.
+                "seconds_wall": np.full(n, time.perf_counter() - t_start),
                 "rss_bytes": np.full(n, worker_rss_bytes() or 0, dtype=np.int64),
                 # Without a GPU these are null (object arrays of None), never zero.
                 "gpu_utilization": np.full(n, gpu_util, dtype=object if gpu_util is None else None),
