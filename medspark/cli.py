@@ -412,7 +412,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = _load(args, str((Path(args.dir) / "warehouse").absolute()))
     spark = _session(args, config)
     try:
-        run_demo(spark, config, Path(args.dir))
+        # Saliency on for the showcase, unless a --conf file decides.
+        saliency = args.conf is None or config.inference.saliency
+        run_demo(spark, config, Path(args.dir), saliency=saliency)
     finally:
         spark.stop()
     return 0

@@ -190,6 +190,9 @@ class InferenceConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # Torch threads per Python worker (0 = torch's default); on CPU, cores / tasks per core.
     torch_threads: int = field(default=0, metadata=_meta(minimum=0))
+    # Grad-CAM per prediction into the saliency table; costs a backward pass, and the model
+    # needs features/head methods (medspark.inference.saliency, docs/inference.md).
+    saliency: bool = False
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]
@@ -350,6 +353,7 @@ class TablesConfig:
         default="preprocess_errors", metadata=_meta(pattern=_TABLE_NAME.pattern)
     )
     predictions: str = field(default="predictions", metadata=_meta(pattern=_TABLE_NAME.pattern))
+    saliency: str = field(default="saliency", metadata=_meta(pattern=_TABLE_NAME.pattern))
     model_metrics: str = field(default="model_metrics", metadata=_meta(pattern=_TABLE_NAME.pattern))
     job_runs: str = field(default="job_runs", metadata=_meta(pattern=_TABLE_NAME.pattern))
     stage_metrics: str = field(default="stage_metrics", metadata=_meta(pattern=_TABLE_NAME.pattern))

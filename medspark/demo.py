@@ -161,12 +161,48 @@ def demo_volumes_config(config: PipelineConfig) -> PipelineConfig:
     return dataclasses.replace(config, volumes=volumes)
 
 
+#: Heart rates (bpm) of the demo's synthetic ECGs: a spread for the notebook's distribution.
+ECG_RATES = (48, 57, 63, 68, 72, 76, 81, 88, 96, 112)
+
+
+def build_ecg_export(target: Path, rates: tuple[int, ...] = ECG_RATES) -> Path:
+    """A folder of synthetic 12-lead ECGs (10 s, 500 Hz) at known heart rates, from two carts.
+
+    pydicom's one real ECG (``waveform_ecg.dcm``, in the sample input) gives a 12-lead plot but
+    no distribution; these give ``ecg_metrics`` a spread of heart rates to plot.
+    """
+    from pydicom.uid import generate_uid
+
+    from medspark.waveforms.synthetic import write_ecg
+
+    folder = target / "ecg_export"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, rate in enumerate(rates):
+        write_ecg(
+            folder / f"ecg{i:02d}.dcm",
+            rate,
+            seed=i,
+            sop_instance_uid=generate_uid(entropy_srcs=["demo-ecg", str(i)]),
+            patient_id=f"DEMO-ECG{i:03d}",
+            station_name=f"ECG-CART-{1 + i % 2}",
+            acquisition=f"202603{2 + i // 4:02d}{9 + i % 4:02d}1500",
+        )
+    return folder
+
+
 def _show(spark: Any, config: PipelineConfig, table: str) -> Any:
     return spark.read.format("delta").load(config.table_path(table))
 
 
-def run_demo(spark: Any, config: PipelineConfig, workdir: Path) -> None:
-    """Build the sample input under ``workdir/input``, run the whole flow, print what landed."""
+def run_demo(spark: Any, config: PipelineConfig, workdir: Path, saliency: bool = True) -> None:
+    """Build the sample input under ``workdir/input``, run the whole flow, print what landed.
+
+    ``saliency`` turns ``inference.saliency`` on (``medspark demo`` does, unless ``--conf``
+    names a file, which then decides): the demo is the showcase, and on its few dozen frames
+    Grad-CAM costs seconds. It also runs the waveforms step, so the notebook has ECGs to plot.
+    """
+    import dataclasses
+
     from medspark.metrics.runs import recorded_run
     from medspark.pipeline import (
         evaluate,
@@ -179,12 +215,18 @@ def run_demo(spark: Any, config: PipelineConfig, workdir: Path) -> None:
         record_preprocess,
     )
     from medspark.volumes.steps import volumes
+    from medspark.waveforms.step import record_waveforms, run_waveforms
 
+    if saliency and not config.inference.saliency:
+        config = dataclasses.replace(
+            config, inference=dataclasses.replace(config.inference, saliency=True)
+        )
     inputs = build_sample_input(workdir / "input")
     screening, labels = build_screening_export(workdir / "input")
     inputs.append(screening)
     chest = build_chest_series(workdir / "input" / "chest_ct")
     inputs.append(workdir / "input" / "chest_ct")
+    inputs.append(build_ecg_export(workdir / "input"))
     print(f"sample input: {workdir / 'input'} (pydicom's files from {pydicom_test_files()})")
     with recorded_run(spark, config, "run", new_run_id()) as record:
         ingested = ingest(spark, [str(p) for p in inputs], config, record.run_id)
@@ -212,6 +254,18 @@ def run_demo(spark: Any, config: PipelineConfig, workdir: Path) -> None:
         inferred = infer(spark, config, None, record.run_id)
         record_infer(record, inferred)
         print(inferred.summary())
+        if config.inference.saliency:
+            print(
+                "saliency (Grad-CAM: where each prediction's evidence is, as a box in the frame):"
+            )
+            _show(spark, config, "saliency").select(
+                "target_class", "peak_value", "bbox_frame"
+            ).orderBy(F.desc("peak_value")).show(5, truncate=False)
+
+        print("ECG waveforms (decoded leads, heart rate and intervals):")
+        waves = run_waveforms(spark, config, record.run_id)
+        record_waveforms(record, waves)
+        print(waves.summary())
 
         print("\nseries as volumes, segmented by the bundled 3D model (synthetic training data):")
         vconfig = demo_volumes_config(config)

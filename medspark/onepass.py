@@ -40,7 +40,7 @@ from pyspark.sql.types import (
     TimestampNTZType,
 )
 
-from medspark.tables.schemas import INSTANCES, PREDICTION, PREPROCESSED
+from medspark.tables.schemas import INSTANCES, PREDICTION, PREPROCESSED, SALIENCY
 
 SCAN = "scan"
 INGEST_ERROR = "ingest_error"
@@ -53,8 +53,15 @@ ORIGINAL_IDS = ("patient_id", "sop_instance_uid", "study_instance_uid", "series_
 
 def _pass_schema() -> StructType:
     fields: dict[str, StructField] = {"kind": StructField("kind", StringType(), False)}
-    for f in [*INSTANCES.fields, *PREPROCESSED.fields, *PREDICTION.fields]:
-        if f.name not in fields:
+    # The saliency columns are null unless inference.saliency is on (the model's name and
+    # version are added where the tables are written, as for predictions).
+    for f in [*INSTANCES.fields, *PREPROCESSED.fields, *PREDICTION.fields, *SALIENCY.fields]:
+        if f.name not in fields and f.name not in (
+            "model",
+            "model_version",
+            "predicted_at",
+            "run_id",
+        ):
             fields[f.name] = StructField(f.name, f.dataType, True)
     extra = [
         StructField("burned_in_flag_reason", StringType(), True),
@@ -236,17 +243,60 @@ def _apply_model(rows: list[dict[str, Any]], settings: PassSettings) -> dict[str
         chunk = todo[start : start + settings.batch_size]
         tensors = np.empty(len(chunk), dtype=object)
         tensors[:] = [r["tensor"] for r in chunk]
-        result = predict(tensors)
+        if settings.predict.saliency:
+            # A frame withheld for burned-in text: its overlay is drawn over black, as in infer
+            # (its thumbnail leaves the analyst table).
+            from medspark.preprocess.udf import BURNED_IN_WITHHELD
+
+            beside = [np.empty(len(chunk), dtype=object) for _ in range(3)]
+            beside[0][:] = [
+                None if r.get("burned_in_action") == BURNED_IN_WITHHELD else r["thumbnail_png"]
+                for r in chunk
+            ]
+            beside[1][:] = [r.get("frame_rows") for r in chunk]
+            beside[2][:] = [r.get("frame_columns") for r in chunk]
+            result = predict(tensors, *beside)
+        else:
+            result = predict(tensors)
         for i, r in enumerate(chunk):
             r["label"] = str(result["label"][i])
             r["score"] = float(result["score"][i])
             r["probabilities"] = [float(p) for p in result["probabilities"][i]]
+            if settings.predict.saliency:
+                r.update(saliency_row(result, i))
         out["seconds_infer"] += float(result["seconds_infer"][0])
         gpu = result["gpu_utilization"][0]
         out["gpu_utilization"] = None if gpu is None else float(gpu)
         mem = result["gpu_memory_bytes"][0]
         out["gpu_memory_bytes"] = None if mem is None else int(mem)
     return out
+
+
+def saliency_row(result: dict[str, Any], i: int) -> dict[str, Any]:
+    """Row ``i``'s ``saliency`` columns from a predict result (as
+    :func:`medspark.steps.saliency_columns` makes them in Spark SQL for ``infer``)."""
+    import base64
+
+    from medspark.inference.saliency import METHOD
+
+    def box(ints: Any) -> dict[str, int] | None:
+        values = [int(v) for v in ints]
+        if values[0] < 0:
+            return None
+        return dict(zip(("x_min", "y_min", "x_max", "y_max"), values, strict=True))
+
+    peak_x, peak_y = int(result["peak_x"][i]), int(result["peak_y"][i])
+    return {
+        "target_class": str(result["saliency_target"][i]),
+        "method": METHOD,
+        "heatmap_png": base64.b64decode(result["heatmap_png_b64"][i]),
+        "bbox": box(result["bbox_ints"][i]),
+        "bbox_frame": box(result["bbox_frame_ints"][i]),
+        "peak_x": peak_x if peak_x >= 0 else None,
+        "peak_y": peak_y if peak_y >= 0 else None,
+        "peak_value": float(result["peak_value"][i]),
+        "map_shape": [int(v) for v in result["map_shape"][i]],
+    }
 
 
 def pass_batches(batches: Iterator[Any], settings: PassSettings) -> Iterator[Any]:

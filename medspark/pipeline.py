@@ -55,6 +55,7 @@ from medspark.steps import (
     preprocess_settings,
     read_instances,
     resolve_duplicates,
+    saliency_rows,
     split_frames,
     split_instances,
     split_withheld,
@@ -407,13 +408,17 @@ def preprocess(spark: Any, config: PipelineConfig, run_id: str | None = None) ->
 
 
 def model_inputs(spark: Any, config: PipelineConfig) -> DataFrame:
-    """``(sop_instance_uid, frame, tensor)`` of every frame of ``images`` the model can read.
+    """``(sop_instance_uid, frame, tensor)`` of every frame of ``images`` the model can read,
+    and with ``inference.saliency`` on also ``thumbnail_png``, ``frame_rows``, ``frame_columns``
+    (what the overlay is drawn on and the boxes are measured in).
 
     The tensors of frames withheld for burned-in text come from ``restricted_images``: a
     prediction (label and score) carries no pixels, so withheld frames are predicted too.
+    Their thumbnail stays the analyst table's, null: their saliency overlay shows no pixel.
     """
+    beside = ["thumbnail_png", "frame_rows", "frame_columns"] if config.inference.saliency else []
     images = spark.read.format("delta").load(config.table_path("images"))
-    images = images.select("sop_instance_uid", "frame", "tensor")
+    images = images.select("sop_instance_uid", "frame", "tensor", *beside)
     restricted_path = config.table_path("restricted_images")
     if _is_table(spark, restricted_path):
         withheld = (
@@ -422,7 +427,10 @@ def model_inputs(spark: Any, config: PipelineConfig) -> DataFrame:
             .select("sop_instance_uid", "frame", F.col("tensor").alias("_withheld"))
         )
         images = images.join(withheld, ["sop_instance_uid", "frame"], "left").select(
-            "sop_instance_uid", "frame", F.coalesce("tensor", "_withheld").alias("tensor")
+            "sop_instance_uid",
+            "frame",
+            F.coalesce("tensor", "_withheld").alias("tensor"),
+            *beside,
         )
     return images.where(F.col("tensor").isNotNull())
 
@@ -430,17 +438,20 @@ def model_inputs(spark: Any, config: PipelineConfig) -> DataFrame:
 def infer(
     spark: Any, config: PipelineConfig, model_name: str | None = None, run_id: str | None = None
 ) -> InferResult:
-    """Read ``images``, write ``predictions`` (MERGE: re-running a model version adds no row).
+    """Read ``images``, write ``predictions`` (MERGE: re-running a model version adds no row),
+    and with ``inference.saliency`` on, ``saliency`` from the same batches.
 
-    The model is checked on the driver first (file, format, input and output shape), so a
-    wrong path or shape fails before any task starts.
+    The model is checked on the driver first (file, format, input and output shape, and the
+    saliency convention when saliency is on), so a wrong path or shape fails before any task
+    starts.
     """
     from medspark.inference.model import check_model
 
     start = time.monotonic()
     run_id = run_id or new_run_id()
     model = config.inference.model_config(model_name)
-    check_model(model, [config.preprocess.output_size] * 2)
+    saliency = config.inference.saliency
+    check_model(model, [config.preprocess.output_size] * 2, saliency=saliency)
     images = model_inputs(spark, config)
     predictions = predict_frames(images, config, model_name).persist(StorageLevel.MEMORY_AND_DISK)
     try:
@@ -449,16 +460,28 @@ def infer(
             for r in predictions.groupBy("label").agg(F.count("*").alias("n")).collect()
         }
         write_worker_metrics(spark, config, predictions, "infer", run_id)
-        metrics = merge_into(
-            spark,
-            predictions.withColumns(
-                {"run_id": F.lit(run_id), "predicted_at": F.current_timestamp()}
-            ),
-            config.table_path("predictions"),
-            "predictions",
-            metrics=True,
-            only_changed=True,  # re-running a model version on the same images commits nothing
-        )
+        stamp = {"run_id": F.lit(run_id), "predicted_at": F.current_timestamp()}
+        writes = [
+            lambda: merge_into(
+                spark,
+                predictions.withColumns(stamp),
+                config.table_path("predictions"),
+                "predictions",
+                metrics=True,
+                only_changed=True,  # re-running a model version on the same images: no commit
+            )
+        ]
+        if saliency:
+            writes.append(
+                lambda: merge_into(
+                    spark,
+                    saliency_rows(predictions).withColumns(stamp),
+                    config.table_path("saliency"),
+                    "saliency",
+                    only_changed=True,  # deterministic maps and PNGs: a re-run commits nothing
+                )
+            )
+        metrics, *_ = concurrently(*writes) if len(writes) > 1 else [writes[0]()]
     finally:
         predictions.unpersist()
     return InferResult(
@@ -544,24 +567,19 @@ def prepare_pass(sources: Sequence[str], config: PipelineConfig, master: str) ->
     first job's planning) is more than the work. The tables are written by Spark either way.
     """
     from medspark.inference.model import check_model
-    from medspark.inference.predict import PredictSettings
+    from medspark.inference.predict import predict_settings
     from medspark.onepass import PassSettings, compute_in_driver, limits
     from medspark.sources.dicom_source import plan_partitions
 
     model = config.inference.model_config(None)
-    check_model(model, [config.preprocess.output_size] * 2)
+    check_model(model, [config.preprocess.output_size] * 2, saliency=config.inference.saliency)
     pseudonymizer = pseudonymizer_from_config(config.deid)
     inference = config.inference
     settings = PassSettings(
         limits=limits(config.ingest),
         preprocess=preprocess_settings(config),
         pseudonymizer=pseudonymizer,
-        predict=PredictSettings(
-            model=model,
-            device=inference.device,
-            precision=inference.precision,
-            torch_threads=inference.torch_threads,
-        ),
+        predict=predict_settings(inference, model, config.preprocess.thumbnail_size),
         batch_size=inference.batch_size,
         phi_map=pseudonymizer is not None and config.deid.phi_map,
     )
@@ -643,6 +661,7 @@ def run_all(
     else:
         out = _executor_pass(spark, plan).persist(StorageLevel.MEMORY_AND_DISK)
         parts = len(plan.bins)
+    saliency = config.inference.saliency
     tables = (
         "scans",
         "ingest_errors",
@@ -651,6 +670,7 @@ def run_all(
         "images",
         "preprocess_errors",
         "predictions",
+        *(("saliency",) if saliency else ()),
     )
     try:
         # Missing tables are created while the executors compute (see create_tables).
@@ -749,9 +769,9 @@ def run_all(
                 wanted = max(1, -(-rows // per_file))
                 if wanted < parts:
                     df = df.coalesce(wanted)
-            # A re-run's predictions equal the stored ones (deterministic CPU inference):
-            # those commit nothing.
-            only_changed = name == "predictions"
+            # A re-run's predictions (and saliency maps) equal the stored ones (deterministic
+            # CPU inference): those commit nothing.
+            only_changed = name in ("predictions", "saliency")
             return merge_into(spark, df, path, name, fresh=name in fresh, only_changed=only_changed)
 
         known = (lambda count: count) if exact else (lambda count: None)
@@ -784,6 +804,11 @@ def run_all(
             ),
             lambda: write(predictions, "predictions", known(n_labels)),
         ]
+        if saliency:
+            salient = saliency_rows(images.select("*", *model_columns(model))).withColumns(
+                {"run_id": F.lit(run_id), "predicted_at": F.current_timestamp()}
+            )
+            steps.append(lambda: write(salient, "saliency", known(n_labels)))
         if first_acquisitions:
             steps.append(write_utilization_from_this_run)
         if n(FRAME, error_class=None, burned_in_action=BURNED_IN_WITHHELD):
@@ -857,8 +882,9 @@ def run_all(
 
 
 #: Rows per written file where a table's rows are large (``images``: a 224x224 tensor and a
-#: thumbnail, ~60 KB a row, so ~120 MB a file); other tables: 100,000 rows a file.
-_ROWS_PER_FILE = {"images": 2_000, "restricted_images": 2_000}
+#: thumbnail, ~60 KB a row, so ~120 MB a file; ``saliency``: a ~10 KB PNG); other tables:
+#: 100,000 rows a file.
+_ROWS_PER_FILE = {"images": 2_000, "restricted_images": 2_000, "saliency": 10_000}
 
 #: Columns of the pass's ``metrics`` rows (``worker_metrics``, with ``batch_rows`` as ``rows``).
 _METRIC_COLUMNS = frozenset(

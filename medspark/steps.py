@@ -281,12 +281,30 @@ def split_frames(frames: DataFrame) -> tuple[DataFrame, DataFrame]:
 def predict_frames(
     images: DataFrame, config: PipelineConfig, model_name: str | None = None
 ) -> DataFrame:
-    """Run the model on every frame's tensor with predict_batch_udf; one row per frame."""
+    """Run the model on every frame's tensor with predict_batch_udf; one row per frame.
+
+    With ``inference.saliency`` on, the same UDF also reads each frame's ``thumbnail_png``,
+    ``frame_rows`` and ``frame_columns`` (null when ``images`` lacks them) and the rows carry
+    the ``saliency`` table's columns too (:func:`saliency_rows` selects them).
+    """
     from medspark.inference.predict import predict_udf
 
     model = config.inference.model_config(model_name)
-    udf = predict_udf(config.inference, model)
-    return images.select("sop_instance_uid", "frame", udf(F.col("tensor")).alias("_p")).select(
+    udf = predict_udf(config.inference, model, config.preprocess.thumbnail_size)
+    saliency = config.inference.saliency
+    if saliency:
+        beside = [
+            F.col(c) if c in images.columns else F.lit(None).cast(t)
+            for c, t in (
+                ("thumbnail_png", "binary"),
+                ("frame_rows", "int"),
+                ("frame_columns", "int"),
+            )
+        ]
+        call = udf(F.col("tensor"), *beside)
+    else:
+        call = udf(F.col("tensor"))
+    return images.select("sop_instance_uid", "frame", call.alias("_p")).select(
         "sop_instance_uid",
         "frame",
         *model_columns(model),
@@ -301,7 +319,43 @@ def predict_frames(
         "_p.rss_bytes",
         "_p.gpu_utilization",
         "_p.gpu_memory_bytes",
+        *(saliency_columns(F.col("_p")) if saliency else []),
     )
+
+
+def _box(ints: Any) -> Any:
+    """A ``bbox`` struct from the executor's 4 ints (-1: no box, null)."""
+    names = ("x_min", "y_min", "x_max", "y_max")
+    return F.when(
+        ints.isNotNull() & (ints[0] >= 0),
+        F.struct(*[ints[i].alias(n) for i, n in enumerate(names)]),
+    )
+
+
+def saliency_columns(out: Any) -> list[Any]:
+    """The ``saliency`` columns from the executor's struct ``out`` (see
+    :data:`~medspark.tables.schemas.SALIENCY_OUT`): the PNG from base64, boxes as structs."""
+    from medspark.inference.saliency import METHOD
+
+    return [
+        out["saliency_target"].alias("target_class"),
+        F.lit(METHOD).alias("method"),
+        F.unbase64(out["heatmap_png_b64"]).alias("heatmap_png"),
+        _box(out["bbox_ints"]).alias("bbox"),
+        _box(out["bbox_frame_ints"]).alias("bbox_frame"),
+        F.when(out["peak_x"] >= 0, out["peak_x"]).alias("peak_x"),
+        F.when(out["peak_y"] >= 0, out["peak_y"]).alias("peak_y"),
+        out["peak_value"].alias("peak_value"),
+        out["map_shape"].alias("map_shape"),
+    ]
+
+
+def saliency_rows(predicted: DataFrame) -> DataFrame:
+    """``saliency`` rows of frames predicted with saliency on (those with a heat map)."""
+    from medspark.tables.schemas import SALIENCY
+
+    names = [f.name for f in SALIENCY.fields if f.name not in ("run_id", "predicted_at")]
+    return predicted.where(F.col("heatmap_png").isNotNull()).select(*names)
 
 
 def phi_rows(kept: DataFrame) -> DataFrame:

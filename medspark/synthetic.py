@@ -28,6 +28,28 @@ class SliceSpec:
 
 def ct_slice_hu(spec: SliceSpec, size: int = 256) -> np.ndarray:
     """A synthetic axial chest slice in HU (int16, size x size)."""
+    return ct_slice_with_nodule(spec, size)[0]
+
+
+@dataclass(frozen=True)
+class Nodule:
+    """Where a slice's nodule is, in pixels of the slice: centre column ``x``, row ``y``, and
+    ``radius``; a pixel (col, row) is nodule when (col/size - 0.5 - cx)^2 + (row/size - 0.5 -
+    cy)^2 <= r^2 in the generator's units, i.e. within ``radius`` of (x, y) here."""
+
+    x: float
+    y: float
+    radius: float
+
+    def contains(self, col: float, row: float, margin: float = 0.0) -> bool:
+        """Whether pixel (col, row) is inside the nodule (grown by ``margin`` pixels)."""
+        return (col - self.x) ** 2 + (row - self.y) ** 2 <= (self.radius + margin) ** 2
+
+
+def ct_slice_with_nodule(spec: SliceSpec, size: int = 256) -> tuple[np.ndarray, Nodule | None]:
+    """:func:`ct_slice_hu` and where its nodule is (None without one): the ground truth that
+    saliency is checked against (tests/test_saliency.py). The same draws in the same order,
+    so the slice is the very one ``ct_slice_hu`` has always made for ``spec``."""
     rng = np.random.default_rng(spec.seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
     img = np.full((size, size), -1000.0, dtype=np.float32)  # air
@@ -54,8 +76,11 @@ def ct_slice_hu(spec: SliceSpec, size: int = 256) -> np.ndarray:
         nx, ny = cx + rng.uniform(-0.5, 0.5) * la, cy + rng.uniform(-0.5, 0.5) * lb
         r = rng.uniform(0.018, 0.035)
         img[((xx - nx) ** 2 + (yy - ny) ** 2) <= r * r] = rng.uniform(-20, 60)
+        nodule = Nodule(x=(nx + 0.5) * size, y=(ny + 0.5) * size, radius=r * size)
+    else:
+        nodule = None
     img += rng.normal(0, 12, img.shape).astype(np.float32)
-    return np.clip(np.rint(img), -1024, 3071).astype(np.int16)
+    return np.clip(np.rint(img), -1024, 3071).astype(np.int16), nodule
 
 
 def ct_dataset(

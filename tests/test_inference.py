@@ -155,6 +155,7 @@ def test_infer_is_idempotent_and_evaluate_writes_metrics(spark, tmp_path, pseudo
     third = infer(spark, _config(tmp_path, batch_size=5))
     assert first.frames == 6 and first.inserted == 6 and second.inserted == third.inserted == 0
     assert table.history(1).collect()[0].version == version  # no new table version
+    assert not DeltaTable.isDeltaTable(spark, config.table_path("saliency"))  # saliency off
     again = {r.sop_instance_uid: r.probabilities for r in table.toDF().collect()}
     assert again == stored
 

@@ -116,9 +116,13 @@ def test_notebook_runs_on_demo_warehouse(demo_warehouse, tmp_path, monkeypatch):
     outputs = _outputs(nb)
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
-    assert len(images) >= 3, f"expected at least 3 plots, got {len(images)}"
+    # modality by day, busy hours, labels, throughput, two contact sheets, 12 leads, heart rates
+    assert len(images) >= 8, f"expected at least 8 plots, got {len(images)}"
     text = _text(nb)
     assert "nothing to plot" not in text
+    assert "no saliency table" not in text  # the demo computes saliency: overlays are shown
+    assert "Top-scoring positives: 12 frame(s), 12 with a saliency overlay" in text
+    assert "Most uncertain frames (lowest score of the predicted label): 12 frame(s), 12 " in text
     assert "temporary views:" in text and "scanner_utilization" in text
 
 
@@ -135,3 +139,6 @@ def test_notebook_skips_missing_tables(demo_warehouse, tmp_path, monkeypatch):
     assert "nothing to plot: scanner_utilization is missing or empty" in text
     assert "nothing to plot: predictions is missing or empty" in text
     assert "nothing to plot: job_runs is missing" in text
+    assert "nothing to plot: predictions or images is missing or empty" in text
+    assert "nothing to plot: waveforms is missing or empty" in text
+    assert "nothing to plot: ecg_metrics is missing or empty" in text

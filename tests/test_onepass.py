@@ -193,6 +193,10 @@ def test_run_equals_ingest_preprocess_infer(spark, inputs, tmp_path, where):
     )
     b = _table(spark, onepass, "predictions").collect()
     assert inferred.frames == len(b) == preprocessed.frames
+    from delta.tables import DeltaTable
+
+    for config in (steps, onepass):  # inference.saliency is off by default: no table
+        assert not DeltaTable.isDeltaTable(spark, config.table_path("saliency"))
 
     # A second run of the same input changes no row count and adds none (MERGE path).
     again = run_all(spark, inputs, onepass, RunRecord(run_id="pass-2", job="run"))

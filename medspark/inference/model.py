@@ -23,9 +23,12 @@ def small_cnn(in_channels: int = 1, num_classes: int = 2, width: int = 16) -> An
 
     Four stride-2 conv blocks with batch norm and ReLU, global average pooling, one linear
     layer. Small enough to train on a laptop CPU in minutes, which is its purpose: the bundled
-    demonstration model (see ``model_card.json``).
+    demonstration model (see ``model_card.json``). It has the ``features``/``head`` methods of
+    the saliency convention (:class:`medspark.inference.cnn.SmallCNN`), scripted with it.
     """
     from torch import nn
+
+    from medspark.inference.cnn import SmallCNN
 
     def block(cin: int, cout: int) -> Any:
         return nn.Sequential(
@@ -34,7 +37,7 @@ def small_cnn(in_channels: int = 1, num_classes: int = 2, width: int = 16) -> An
             nn.ReLU(inplace=True),
         )
 
-    return nn.Sequential(
+    return SmallCNN(
         block(in_channels, width),
         block(width, width * 2),
         block(width * 2, width * 4),
@@ -42,6 +45,7 @@ def small_cnn(in_channels: int = 1, num_classes: int = 2, width: int = 16) -> An
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(width * 4, num_classes),
+        n_features=3,
     )
 
 
@@ -82,20 +86,74 @@ def load_model(cfg: ModelConfig, device: Any = "cpu") -> Any:
 _CHECKED: set[str] = set()
 
 
-def check_model(cfg: ModelConfig, tensor_shape: list[int] | None = None) -> None:
+def check_model(
+    cfg: ModelConfig, tensor_shape: list[int] | None = None, saliency: bool = False
+) -> None:
     """Fail fast, on the driver, if the model cannot run on the ``images`` tensors.
 
     Loads the file, runs one zero batch of the expected input shape (1, channels, rows, cols),
     and checks that the output has one score per class name. ``tensor_shape`` (the preprocess
-    output, e.g. [224, 224]) must match ``input_size``. A check that passed is not repeated in
-    the same process for the same model entry, file and shape (the CLI runs it while Spark
-    starts, then the step runs it again for callers that did not).
+    output, e.g. [224, 224]) must match ``input_size``. With ``saliency`` (``inference.saliency``
+    on), the model must also follow the saliency convention (:func:`check_saliency`). A check
+    that passed is not repeated in the same process for the same model entry, file and shape
+    (the CLI runs it while Spark starts, then the step runs it again for callers that did not).
     """
-    key = repr((cfg, tensor_shape, _file_state(cfg)))
+    key = repr((cfg, tensor_shape, saliency, _file_state(cfg)))
     if key in _CHECKED:
         return
     _check_model(cfg, tensor_shape)
+    if saliency:
+        check_saliency(cfg)
     _CHECKED.add(key)
+
+
+def check_saliency(cfg: ModelConfig) -> None:
+    """Fail fast, naming ``inference.saliency``, if the model cannot give Grad-CAM maps: it
+    needs ``features(x)`` -> (N, C, h, w) and ``head(features)`` -> the logits, with
+    ``head(features(x))`` equal to ``model(x)`` (:mod:`medspark.inference.saliency`)."""
+    import torch
+
+    from medspark.inference.saliency import has_saliency
+
+    path = model_path(cfg)
+    where = f"model {cfg.name} ({path})"
+    model = load_model(cfg)
+    if not has_saliency(model):
+        raise ConfigError(
+            "inference.saliency",
+            True,
+            f"a model with features(x) and head(features) methods (docs/inference.md); "
+            f"{where} has none: set inference.saliency to false for it",
+        )
+    rows, cols = cfg.input_size
+    x = torch.rand(2, cfg.channels, rows, cols, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.inference_mode():
+            features = model.features(x)
+            logits = model.head(features)
+            direct = model(x)
+    except Exception as exc:  # noqa: BLE001 - any failure is reported the same way
+        raise ConfigError(
+            "inference.saliency",
+            True,
+            f"a model whose features/head methods run; on {where} they failed: "
+            f"{type(exc).__name__}: {exc}",
+        ) from None
+    if features.dim() != 4:
+        raise ConfigError(
+            "inference.saliency",
+            True,
+            f"a model whose features(x) is (N, C, h, w); {where} returned shape "
+            f"{tuple(features.shape)}",
+        )
+    if tuple(logits.shape) != tuple(direct.shape) or not torch.allclose(
+        logits, direct, rtol=1e-4, atol=1e-5
+    ):
+        raise ConfigError(
+            "inference.saliency",
+            True,
+            f"a model whose head(features(x)) equals model(x); on {where} it does not",
+        )
 
 
 def _file_state(cfg: ModelConfig) -> tuple[str, int, int] | None:

@@ -8,7 +8,10 @@ four times more rows fit under Arrow's batch byte cap) and become float only on 
 Device: the GPU Spark assigned to the task (TaskContext resources, standalone/cluster mode),
 else ``torch.cuda`` when available (local runs on a GPU machine), else CPU. On GPU: pinned host
 memory, non-blocking copies, bf16/fp16 autocast when configured or supported, and
-``torch.inference_mode`` always.
+``torch.inference_mode`` always for the scores. With ``inference.saliency`` on, the same batch,
+on the same device, then gets its Grad-CAM maps (fp32, outside inference mode: they need a
+backward pass), overlay PNGs and boxes (:mod:`medspark.inference.saliency`); the scores are
+computed exactly as without it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class PredictSettings:
     device: str = "auto"
     precision: str = "auto"
     torch_threads: int = 0
+    saliency: bool = False  # Grad-CAM per row too (inference.saliency)
+    thumbnail_size: int = 128  # preprocess.thumbnail_size: the overlay's size when no thumbnail
 
 
 def choose_device(preference: str) -> str:
@@ -161,7 +166,15 @@ def make_predict_fn_factory(settings: PredictSettings) -> Callable[[], Callable[
 
         batches: dict[int, int] = {}  # partition -> batches seen (the worker is reused)
 
-        def predict(tensors: np.ndarray) -> dict[str, np.ndarray]:
+        def predict(
+            tensors: np.ndarray,
+            thumbnails: np.ndarray | None = None,
+            frame_rows: np.ndarray | None = None,
+            frame_columns: np.ndarray | None = None,
+        ) -> dict[str, np.ndarray]:
+            """Label, score, probabilities and batch metrics of each row; with saliency on,
+            also its Grad-CAM fields (:func:`saliency_columns`), from the thumbnails and frame
+            sizes given beside the tensors."""
             t_start = time.perf_counter()
             ctx = TaskContext.get()
             partition = ctx.partitionId() if ctx is not None else 0
@@ -186,23 +199,129 @@ def make_predict_fn_factory(settings: PredictSettings) -> Callable[[], Callable[
             best = probs.argmax(axis=1)
             n = len(best)
             gpu_util, gpu_mem = gpu_stats(device) if on_gpu else (None, None)
+            extra = {}
+            if settings.saliency:
+                extra = saliency_columns(
+                    model,
+                    x,
+                    best,
+                    names,
+                    (thumbnails, frame_rows, frame_columns),
+                    cfg,
+                    settings.thumbnail_size,
+                    None if on_gpu else CPU_CHUNK,
+                )
             return {
+                **extra,
                 "label": names[best],
                 "score": probs[np.arange(n), best].astype(np.float32),
                 "probabilities": probs.astype(np.float32),
                 "partition": np.full(n, partition, dtype=np.int32),
                 "batch": np.full(n, batch_index, dtype=np.int32),
                 "seconds_infer": np.full(n, t_end - t_infer),
-                "seconds_wall": np.full(n, t_end - t_start),
+                # The whole call: with saliency on, its maps and PNGs too.
+                "seconds_wall": np.full(n, time.perf_counter() - t_start),
                 "rss_bytes": np.full(n, worker_rss_bytes() or 0, dtype=np.int64),
                 # Without a GPU these are null (object arrays of None), never zero.
                 "gpu_utilization": np.full(n, gpu_util, dtype=object if gpu_util is None else None),
                 "gpu_memory_bytes": np.full(n, gpu_mem, dtype=object if gpu_mem is None else None),
             }
 
-        return predict
+        if settings.saliency:
+            return predict
+
+        def predict_tensors(tensors: np.ndarray) -> dict[str, np.ndarray]:
+            # predict_batch_udf counts the function's parameters to decide how many columns it
+            # takes: one here, as before saliency existed.
+            return predict(tensors)
+
+        return predict_tensors
 
     return make_predict_fn
+
+
+def saliency_columns(
+    model: Any,
+    x: Any,
+    best: np.ndarray,
+    names: np.ndarray,
+    beside: tuple[Any, Any, Any],
+    cfg: ModelConfig,
+    thumbnail_size: int,
+    chunk: int | None,
+) -> dict[str, np.ndarray]:
+    """The :data:`~medspark.tables.schemas.SALIENCY_OUT` columns of a batch: Grad-CAM for
+    each row's predicted class on the batch's own input ``x`` (on its device, in fp32), then
+    the overlay PNG and boxes per row (:func:`medspark.inference.saliency.saliency_fields`).
+
+    ``beside`` holds the rows' thumbnails (PNG bytes or None) and frame sizes, or Nones when
+    the caller has none (the map then covers the whole tensor, over black).
+    """
+    import base64
+
+    import torch
+
+    from medspark.inference.saliency import gradcam, saliency_fields
+
+    n = len(best)
+    if x.is_inference():  # made under inference_mode: a plain tensor can enter autograd
+        x = x.clone()
+    target = torch.from_numpy(best.astype(np.int64)).to(x.device)
+    cams = gradcam(model, x.float(), target, chunk).float().cpu().numpy()
+    thumbnails, frame_rows, frame_columns = (
+        list(v) if v is not None else [None] * n for v in beside
+    )
+    out: dict[str, list[Any]] = {name: [] for name in _SALIENCY_OUT_NAMES}
+    for i in range(n):
+        f = saliency_fields(
+            cams[i],
+            thumbnails[i],
+            _int_or_none(frame_rows[i]),
+            _int_or_none(frame_columns[i]),
+            (cfg.input_size[0], cfg.input_size[1]),
+            thumbnail_size,
+        )
+        out["saliency_target"].append(names[best[i]])
+        out["heatmap_png_b64"].append(base64.b64encode(f["heatmap_png"]).decode("ascii"))
+        out["bbox_ints"].append(f["bbox"] or (-1, -1, -1, -1))
+        out["bbox_frame_ints"].append(f["bbox_frame"] or (-1, -1, -1, -1))
+        out["peak_x"].append(f["peak"][0] if f["peak"] else -1)
+        out["peak_y"].append(f["peak"][1] if f["peak"] else -1)
+        out["peak_value"].append(f["peak_value"])
+        out["map_shape"].append(f["map_shape"])
+    return {
+        "saliency_target": np.array(out["saliency_target"], dtype=object),
+        "heatmap_png_b64": np.array(out["heatmap_png_b64"], dtype=object),
+        "bbox_ints": np.array(out["bbox_ints"], dtype=np.int32).reshape(n, 4),
+        "bbox_frame_ints": np.array(out["bbox_frame_ints"], dtype=np.int32).reshape(n, 4),
+        "peak_x": np.array(out["peak_x"], dtype=np.int32),
+        "peak_y": np.array(out["peak_y"], dtype=np.int32),
+        "peak_value": np.array(out["peak_value"], dtype=np.float32),
+        "map_shape": np.array(out["map_shape"], dtype=np.int32).reshape(n, 2),
+    }
+
+
+_SALIENCY_OUT_NAMES = (
+    "saliency_target",
+    "heatmap_png_b64",
+    "bbox_ints",
+    "bbox_frame_ints",
+    "peak_x",
+    "peak_y",
+    "peak_value",
+    "map_shape",
+)
+
+
+def _int_or_none(value: Any) -> int | None:
+    """A frame size from an Arrow/pandas column: None for null (None or NaN)."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if number != number else int(number)
 
 
 def gpu_stats(device: str) -> tuple[float | None, int | None]:
@@ -216,24 +335,39 @@ def gpu_stats(device: str) -> tuple[float | None, int | None]:
         return None, memory
 
 
-def predict_udf(inference: InferenceConfig, model: ModelConfig) -> Any:
-    """The predict_batch_udf column function for ``model``: tensor bytes -> struct."""
-    from pyspark.ml.functions import predict_batch_udf
-    from pyspark.sql.types import StructField, StructType
-
-    from medspark.tables.schemas import PREDICTION_WITH_METRICS
-
-    # Arrow compares the UDF's result type exactly, field metadata included: drop the comments.
-    return_type = StructType(
-        [StructField(f.name, f.dataType, f.nullable) for f in PREDICTION_WITH_METRICS]
-    )
-
-    settings = PredictSettings(
+def predict_settings(
+    inference: InferenceConfig, model: ModelConfig, thumbnail_size: int = 128
+) -> PredictSettings:
+    """The executor's settings for ``model`` under ``inference`` (``infer`` and ``run``)."""
+    return PredictSettings(
         model=model,
         device=inference.device,
         precision=inference.precision,
         torch_threads=inference.torch_threads,
+        saliency=inference.saliency,
+        thumbnail_size=thumbnail_size,
     )
+
+
+def predict_udf(inference: InferenceConfig, model: ModelConfig, thumbnail_size: int = 128) -> Any:
+    """The predict_batch_udf column function for ``model``: tensor bytes -> struct.
+
+    With ``inference.saliency`` on it takes (tensor, thumbnail_png, frame_rows, frame_columns)
+    and its struct also holds :data:`~medspark.tables.schemas.SALIENCY_OUT`; off, it takes
+    the tensor alone and returns what it always has.
+    """
+    from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql.types import StructField, StructType
+
+    from medspark.tables.schemas import PREDICTION_WITH_METRICS, SALIENCY_OUT
+
+    fields = PREDICTION_WITH_METRICS.fields
+    if inference.saliency:
+        fields = fields + SALIENCY_OUT.fields
+    # Arrow compares the UDF's result type exactly, field metadata included: drop the comments.
+    return_type = StructType([StructField(f.name, f.dataType, f.nullable) for f in fields])
+
+    settings = predict_settings(inference, model, thumbnail_size)
     return predict_batch_udf(
         make_predict_fn_factory(settings),
         return_type=return_type,

@@ -136,6 +136,12 @@ def train_demo_model(
         "architecture": "medspark_small_cnn (4 stride-2 conv blocks, global pooling, linear)",
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "format": "torchscript",
+        "saliency": {
+            "convention": "TorchScript methods features(x) -> (N, 64, 28, 28), the "
+            "activations of the third conv block, and head(features) -> logits; model(x) == "
+            "head(features(x)) exactly (docs/inference.md)",
+            "method": "Grad-CAM on features, for the predicted class (inference.saliency: true)",
+        },
         "input_contract": {
             "tensor": "images.tensor: uint8 C-order bytes, shape [224, 224] (1 channel)",
             "scaling": f"(x - {model_cfg.mean}) / {model_cfg.std}",

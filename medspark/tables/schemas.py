@@ -289,6 +289,70 @@ PREDICTIONS = StructType(
     + [_f("predicted_at", TimestampType(), False, "when this row was written (UTC)")]
 )
 
+#: An inclusive pixel box: columns x_min..x_max, rows y_min..y_max (x right, y down).
+_BOX = StructType(
+    [
+        StructField("x_min", IntegerType(), True),
+        StructField("y_min", IntegerType(), True),
+        StructField("x_max", IntegerType(), True),
+        StructField("y_max", IntegerType(), True),
+    ]
+)
+
+#: What the executor returns per frame besides the prediction when ``inference.saliency`` is
+#: on (see :mod:`medspark.inference.saliency`). ``predict_batch_udf`` returns no binary and no
+#: nested struct columns: the PNG travels as base64 text, a box as 4 ints (-1: no box).
+SALIENCY_OUT = StructType(
+    [
+        _f("saliency_target", StringType(), True),
+        _f("heatmap_png_b64", StringType(), True),
+        _f("bbox_ints", ArrayType(IntegerType(), False), True),
+        _f("bbox_frame_ints", ArrayType(IntegerType(), False), True),
+        _f("peak_x", IntegerType(), True),
+        _f("peak_y", IntegerType(), True),
+        _f("peak_value", FloatType(), True),
+        _f("map_shape", ArrayType(IntegerType(), False), True),
+    ]
+)
+
+#: ``saliency``: one row per prediction (frame x model version) when ``inference.saliency`` is
+#: on: where in the frame the model found the evidence for its label.
+SALIENCY = StructType(
+    _FRAME_KEY
+    + [
+        _f("model", StringType(), False, "model name (predictions.model)"),
+        _f("model_version", StringType(), False, "model version (predictions.model_version)"),
+        _f("target_class", StringType(), False, "the class the map explains: the predicted label"),
+        _f("method", StringType(), False, "grad-cam (on the model's features layer)"),
+        _f(
+            "heatmap_png",
+            BinaryType(),
+            False,
+            "the map (JET colours) over images.thumbnail_png, same size; over black when the "
+            "frame's pixels are withheld",
+        ),
+        _f(
+            "bbox",
+            _BOX,
+            True,
+            "box of the hot region around the peak (>= half the peak), inclusive thumbnail "
+            "pixels; null when the map is zero (no evidence anywhere)",
+        ),
+        _f("bbox_frame", _BOX, True, "the same box in the original frame's pixels"),
+        _f("peak_x", IntegerType(), True, "column of the map's maximum, frame pixels"),
+        _f("peak_y", IntegerType(), True, "row of the map's maximum, frame pixels"),
+        _f(
+            "peak_value",
+            FloatType(),
+            False,
+            "Grad-CAM value at the peak, before scaling (comparable within a model version)",
+        ),
+        _f("map_shape", ArrayType(IntegerType(), False), False, "[rows, cols] of the map"),
+    ]
+    + _RUN_FIELDS
+    + [_f("predicted_at", TimestampType(), False, "when this row was written (UTC)")]
+)
+
 #: ``model_metrics``: one row per evaluation run x model version x class (class null: overall).
 MODEL_METRICS = StructType(
     [
@@ -750,6 +814,7 @@ TABLES: dict[str, tuple[StructType, tuple[str, ...]]] = {
     "images": (IMAGES, ("sop_instance_uid", "frame")),
     "preprocess_errors": (PREPROCESS_ERRORS, ("sop_instance_uid", "frame")),
     "predictions": (PREDICTIONS, ("sop_instance_uid", "frame", "model", "model_version")),
+    "saliency": (SALIENCY, ("sop_instance_uid", "frame", "model", "model_version")),
     "model_metrics": (MODEL_METRICS, ("run_id", "model", "model_version", "class_name")),
     "restricted_phi_map": (RESTRICTED_PHI_MAP, ("kind", "original")),
     "job_runs": (JOB_RUNS, ("run_id",)),
