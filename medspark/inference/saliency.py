@@ -2,7 +2,7 @@
 
 Grad-CAM (Selvaraju et al. 2017): the gradient of a class score with respect to the last
 convolutional layer's activations, averaged over space, weighs that layer's channels; the
-weighted sum, clipped at zero, is a coarse map (14 x 14 for the demo model's 224 x 224 input) of
+weighted sum, clipped at zero, is a coarse map (28 x 28 for the demo model's 224 x 224 input) of
 the regions that raised the score. It needs the activations and a backward pass through what
 follows them, which a TorchScript file does not give by itself (hooks cannot be registered on a
 scripted module). medspark therefore asks models for a convention:
