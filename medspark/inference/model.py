@@ -58,6 +58,20 @@ def model_path(cfg: ModelConfig) -> Path:
     return Path(cfg.path) if cfg.path else DEFAULT_MODEL_FILE
 
 
+def load_torchscript(path: str | Path, device: Any = "cpu") -> Any:
+    """``torch.jit.load`` without its FutureWarning: torch 2.9+ says TorchScript is deprecated
+    on every load, and each Python worker printed it to the console of every run. TorchScript
+    is still the format medspark reads and documents (``torch.export`` files load too, with
+    ``format: export``)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated")
+        return torch.jit.load(str(path), map_location=device)
+
+
 def load_model(cfg: ModelConfig, device: Any = "cpu") -> Any:
     """Load the model of ``cfg`` onto ``device`` in eval mode."""
     import torch
@@ -66,7 +80,7 @@ def load_model(cfg: ModelConfig, device: Any = "cpu") -> Any:
     if not path.is_file():
         raise ConfigError(f"inference.models[{cfg.name}].path", str(path), "an existing model file")
     if cfg.format == "torchscript":
-        model = torch.jit.load(str(path), map_location=device)
+        model = load_torchscript(path, device)
     elif cfg.format == "export":
         model = torch.export.load(str(path)).module().to(device)
     else:

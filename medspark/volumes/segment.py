@@ -164,9 +164,9 @@ def _device(name: str) -> Any:
 def load_volume_model(path: str, device: str) -> Any:
     """The TorchScript module at ``path`` on ``device`` (a torch device string), in eval mode;
     cached per process (a Python worker loads it once for all the series it segments)."""
-    import torch
+    from medspark.inference.model import load_torchscript
 
-    module = torch.jit.load(path, map_location=device)
+    module = load_torchscript(path, device)
     module.eval()
     return module
 
@@ -201,7 +201,9 @@ def _check_volume_model(model: VolumeModel) -> None:
     if not os.path.isfile(model.path):
         raise ConfigError(f"{key}.path", model.path, "an existing TorchScript file")
     try:
-        module = torch.jit.load(model.path, map_location="cpu")
+        from medspark.inference.model import load_torchscript
+
+        module = load_torchscript(model.path, "cpu")
         module.eval()
         with torch.inference_mode():
             out = module(torch.zeros((1, 1, *model.roi_size), dtype=torch.float32))
