@@ -123,7 +123,7 @@ def test_two_concurrent_ingests_into_a_new_warehouse_both_land(spark, tmp_path, 
         t.start()
     for t in threads:
         t.join()
-    assert not failures, failures
+    assert not failures, [f"{type(e).__name__}: {str(e)[:2000]}" for e in failures]
     scans = spark.read.format("delta").load(config.table_path("scans"))
     errors = spark.read.format("delta").load(config.table_path("ingest_errors"))
     from urllib.parse import unquote
