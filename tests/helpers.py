@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from medspark.tables.schemas import BOOKKEEPING_COLUMNS
@@ -88,3 +89,19 @@ def assert_rows_equal(
         for col, value in want.items():
             same = _close(got[col], value, tol) if col in close else got[col] == value
             assert same, f"{what} row {key}, column {col}: {got[col]!r} != expected {value!r}"
+
+
+def scans_row(path: Path) -> dict[str, Any]:
+    """The ``scans`` row ingest would make of the loose file at ``path`` (before
+    de-identification): the parsed header plus its location and SHA-256."""
+    import hashlib
+
+    from medspark.dicom.header import parse_header
+    from medspark.sources.archives import to_uri
+
+    data = path.read_bytes()
+    row = parse_header(data, to_uri(path))
+    row.update(
+        source_uri=to_uri(path), archive_member=None, sha256=hashlib.sha256(data).hexdigest()
+    )
+    return row

@@ -7,8 +7,8 @@ import random
 
 import numpy as np
 import pytest
+from helpers import scans_row
 
-from medspark.dicom.header import parse_header
 from medspark.sources.archives import to_uri
 from medspark.volumes.assemble import (
     IRREGULAR_SERIES,
@@ -26,14 +26,7 @@ OBLIQUE = (0.9961947, 0.0871557, 0.0, 0.0, 0.0, -1.0)  # coronal-ish, rotated 5 
 
 
 def _scans_rows(paths):
-    rows = []
-    for p in paths:
-        data = p.read_bytes()
-        row = parse_header(data, to_uri(p))
-        row.update(
-            source_uri=to_uri(p), archive_member=None, sha256=hashlib.sha256(data).hexdigest()
-        )
-        rows.append(row)
+    rows = [scans_row(p) for p in paths]
     random.Random(5).shuffle(rows)
     return rows
 

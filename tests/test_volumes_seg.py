@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
+from helpers import scans_row
 
-from medspark.dicom.header import parse_header
-from medspark.sources.archives import to_uri
 from medspark.volumes.dicom_seg import (
     derived_uid,
     labels_on_grid,
@@ -55,12 +52,7 @@ def series_rows(tmp_path_factory, pseudo):
     )
     rows = []
     for p in paths:
-        data = p.read_bytes()
-        row = parse_header(data, to_uri(p))
-        row.update(
-            source_uri=to_uri(p), archive_member=None, sha256=hashlib.sha256(data).hexdigest()
-        )
-        row = pseudo.deidentify_row(row)
+        row = pseudo.deidentify_row(scans_row(p))
         row["seg_header"] = seg_header(row["header_json"])
         rows.append(row)
     rows.sort(key=lambda r: r["image_position_patient"][2])
