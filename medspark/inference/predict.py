@@ -41,6 +41,17 @@ class PredictSettings:
     thumbnail_size: int = 128  # preprocess.thumbnail_size: the overlay's size when no thumbnail
 
 
+def _task_context() -> Any:
+    """The running Spark task's context; None outside a task, and where pyspark is not
+    installed: the predict function is plain Python, timed on a GPU machine without Spark by
+    bench/bench_gpu.py."""
+    try:
+        from pyspark import TaskContext
+    except ImportError:
+        return None
+    return TaskContext.get()
+
+
 def choose_device(preference: str) -> str:
     """``cuda:N`` for the task's GPU (or the first visible one), else ``cpu``.
 
@@ -54,9 +65,7 @@ def choose_device(preference: str) -> str:
         return "cpu"
     if torch.cuda.is_available():
         try:
-            from pyspark import TaskContext
-
-            ctx = TaskContext.get()
+            ctx = _task_context()
             gpus = ctx.resources().get("gpu") if ctx is not None else None
             if gpus is not None and gpus.addresses:
                 return f"cuda:{int(gpus.addresses[0])}"
@@ -147,9 +156,7 @@ def make_predict_fn_factory(settings: PredictSettings) -> Callable[[], Callable[
             torch.set_num_threads(settings.torch_threads)
         elif not on_gpu:
             # One task owns spark.task.cpus cores: more threads would fight the other tasks.
-            from pyspark import TaskContext
-
-            ctx = TaskContext.get()
+            ctx = _task_context()
             torch.set_num_threads(max(1, ctx.cpus() if ctx is not None else 1))
         model = load_model(cfg, device)
         precision = settings.precision
@@ -159,8 +166,6 @@ def make_predict_fn_factory(settings: PredictSettings) -> Callable[[], Callable[
         mean = torch.tensor(cfg.mean, device=device)
         std = torch.tensor(cfg.std, device=device)
         names = np.array(cfg.class_names, dtype=object)
-
-        from pyspark import TaskContext
 
         from medspark.preprocess.udf import worker_rss_bytes
 
@@ -176,7 +181,7 @@ def make_predict_fn_factory(settings: PredictSettings) -> Callable[[], Callable[
             also its Grad-CAM fields (:func:`saliency_columns`), from the thumbnails and frame
             sizes given beside the tensors."""
             t_start = time.perf_counter()
-            ctx = TaskContext.get()
+            ctx = _task_context()
             partition = ctx.partitionId() if ctx is not None else 0
             batch_index = batches.get(partition, 0)
             batches[partition] = batch_index + 1
