@@ -124,11 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: JVM option of the driver for one-shot CLI runs: only the C1 JIT compiler. A CLI run is over
+#: JVM options of the driver for one-shot CLI runs: only the C1 JIT compiler. A CLI run is over
 #: before C2's optimised code pays back its compile time; measured on a 20-slice ``run``, the
 #: cold Delta writes took 12.4 s instead of 18.8 s and the session started 1 s sooner (see
 #: bench/README.md). Long-lived sessions (tests, notebooks, spark-submit) keep the default.
-QUICK_JIT = "-XX:TieredStopAtLevel=1"
+#: With C1 alone the JVM reserves a 48 MB code cache instead of 240 MB (``java
+#: -XX:TieredStopAtLevel=1 -XX:+PrintFlagsFinal``): a ``run`` beside a ``waveforms`` on a
+#: warehouse with some history filled it ("CodeCache is full. Compiler has been disabled", then
+#: ``VirtualMachineError: Out of space in CodeCache``), so the cache keeps the default's size.
+QUICK_JIT = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"
 
 
 #: Spark master URLs medspark accepts (checked before the JVM starts).
@@ -156,10 +160,45 @@ def check_invocation(args: argparse.Namespace, config: Any) -> None:
     ):
         if path and Path(path).exists() and not Path(path).is_dir():
             raise ConfigError(key, path, "a directory (this path is a file)")
+    check_warehouses_apart(config)
     for source in getattr(args, "sources", None) or []:
         if "://" not in source and not os.path.lexists(source):
             raise ConfigError("sources", source, "an existing file or directory (not found)")
     check_master_reachable(master or config.spark.master)
+
+
+def _restricted_root_at(path: Path, by_tables: bool = True) -> bool:
+    """Whether ``path`` is the root of a restricted warehouse: it is named ``<x>_restricted``
+    beside an ``<x>`` (the default place of the restricted tables of warehouse ``<x>``), or
+    (``by_tables``) it holds ``restricted_*`` tables."""
+    base = path.name.removesuffix("_restricted")
+    if base != path.name and path.with_name(base).is_dir():
+        return True
+    return by_tables and any(path.glob("restricted_*/_delta_log"))
+
+
+def check_warehouses_apart(config: Any) -> None:
+    """The analyst warehouse is never a restricted warehouse, nor inside one, nor holds one.
+
+    Analyst tables written inside ``<x>_restricted`` would sit with the keys to
+    re-identification (and a second ``..._restricted`` root be created inside it); a warehouse
+    that is a restricted root would mix the two. Checked before Spark starts."""
+    warehouse = Path(config.warehouse).absolute()
+    restricted = config.restricted_root().absolute()
+    allowed = "a folder apart from every restricted warehouse (not one, not inside one)"
+    if warehouse == restricted or restricted in warehouse.parents:
+        raise ConfigError("--warehouse", str(warehouse), allowed + f"; restricted: {restricted}")
+    if warehouse in restricted.parents:
+        raise ConfigError(
+            "--restricted-warehouse", str(restricted), "a folder outside the analyst warehouse"
+        )
+    # The warehouse itself by name only: restricted tables inside it are an older layout,
+    # which writers.ensure_restricted_root refuses with the command that moves them.
+    for folder in (warehouse, *warehouse.parents):
+        if folder.is_dir() and _restricted_root_at(folder, by_tables=folder != warehouse):
+            raise ConfigError(
+                "--warehouse", str(warehouse), allowed + f"; {folder} is a restricted warehouse"
+            )
 
 
 def check_master_reachable(master: str, timeout_s: float = 3.0) -> None:

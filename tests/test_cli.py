@@ -49,6 +49,59 @@ def test_bad_invocation_exits_2_before_spark(tmp_path, capsys, argv, named):
     assert not (tmp_path / "wh").exists()
 
 
+@pytest.mark.parametrize(
+    ("warehouse", "key"),
+    [
+        ("{tmp}/wh_restricted", "--warehouse"),  # the restricted root of wh itself
+        ("{tmp}/wh_restricted/inner", "--warehouse"),  # inside it
+        ("{tmp}/keys/inner", "--warehouse"),  # inside a root that holds restricted tables
+    ],
+)
+def test_a_warehouse_in_a_restricted_one_exits_2_before_spark(tmp_path, capsys, warehouse, key):
+    """Analyst tables are never written into (or as) a restricted warehouse: one line, exit 2,
+    nothing created (it used to run, and create ``wh_restricted/inner_restricted``)."""
+    (tmp_path / "wh").mkdir()
+    (tmp_path / "wh_restricted").mkdir()
+    (tmp_path / "keys" / "restricted_phi_map" / "_delta_log").mkdir(parents=True)
+    target = warehouse.format(tmp=tmp_path)
+    code = main(["ingest", str(tmp_path / "wh"), "--warehouse", target])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith(
+        f"medspark: configuration error: config key '{key}'"
+    )
+    assert "restricted" in err
+    assert not Path(target).exists() or target.endswith("wh_restricted")
+    assert not (tmp_path / "wh_restricted" / "inner_restricted").exists()
+
+
+def test_restricted_warehouse_inside_the_analyst_one_exits_2(tmp_path, capsys):
+    wh = tmp_path / "wh"
+    code = main(
+        ["ingest", str(tmp_path), "--warehouse", str(wh), "--restricted-warehouse", str(wh / "r")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "--restricted-warehouse" in err and not wh.exists()
+
+
+def test_the_cli_driver_jvm_keeps_a_full_size_code_cache():
+    """The CLI's driver runs C1 only (QUICK_JIT), which shrinks the code cache to 48 MB; a long
+    or busy session then filled it ("CodeCache is full. Compiler has been disabled"). The
+    options must reserve the default's 240 MB. Asked of the JVM itself."""
+    from medspark.cli import QUICK_JIT
+
+    java = shutil.which("java") or str(Path(os.environ.get("JAVA_HOME", "/")) / "bin" / "java")
+    flags = subprocess.run(
+        [java, *QUICK_JIT.split(), "-XX:+PrintFlagsFinal", "-version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    (line,) = [x for x in flags.splitlines() if " ReservedCodeCacheSize " in x]
+    assert int(line.split("=")[1].split()[0]) >= 240 * 2**20
+    assert "TieredStopAtLevel" in QUICK_JIT  # the start-up gain stays
+
+
 @pytest.mark.spark
 @pytest.mark.subprocess
 def test_medspark_run_end_to_end(tmp_path, test_files):
