@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from medspark.errors import ConfigError, EnvironmentProblem, MedsparkError
+from medspark.errors import ConfigError, EnvironmentProblem, MedsparkError, MissingInput
 
 T = TypeVar("T")
 
@@ -276,6 +276,7 @@ def _recorded(
 
     config = config or _load(args, str(Path(args.warehouse).absolute()))
     check_invocation(args, config)
+    check_step_input(job, config)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(meanwhile, config) if meanwhile else None
         spark = _session(args, config)
@@ -291,6 +292,30 @@ def _recorded(
     finally:
         spark.stop()
     return config, result
+
+
+#: The table each step reads, and what writes it: a step asked for before its input exists
+#: says so in one line before Spark starts, and writes nothing (no ``job_runs`` row either).
+STEP_INPUTS = {
+    "preprocess": ("scans", "run ingest first"),
+    "infer": ("images", "run ingest and preprocess first"),
+    "waveforms": ("scans", "run ingest first"),
+    "volumes": ("scans", "run ingest first"),
+    "evaluate": ("predictions", "run infer first"),
+}
+
+
+def check_step_input(job: str, config: Any) -> None:
+    """Raise :class:`MissingInput` when the table ``job`` reads is not in the warehouse."""
+    if job not in STEP_INPUTS:
+        return
+    table, hint = STEP_INPUTS[job]
+    location = config.table_path(table)
+    if "://" in location:
+        return  # not a local path: Spark finds out
+    path = Path(location)
+    if not (path / "_delta_log").is_dir():
+        raise MissingInput(f"no {table} table at {path}: {hint}")
 
 
 def _step_command(
@@ -414,8 +439,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The columns a labels file must have (medspark.inference.evaluate.read_labels).
+LABEL_COLUMNS = ("sop_instance_uid", "frame", "label")
+
+
+def check_labels(source: str) -> None:
+    """The ``--labels`` file, checked before Spark starts: it exists, and a CSV file's header
+    names the label columns. (A Delta table folder is checked by ``read_labels``.)"""
+    path = Path(source)
+    allowed = f"a CSV file with a header {','.join(LABEL_COLUMNS)} or a Delta table folder"
+    if "://" in source:
+        return
+    if not path.exists():
+        raise ConfigError("--labels", source, allowed + " (not found)")
+    if path.is_dir():
+        if not (path / "_delta_log").is_dir():
+            raise ConfigError("--labels", source, allowed + " (a folder without _delta_log)")
+        return
+    try:
+        with path.open(encoding="utf-8-sig") as fh:
+            header = fh.readline()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("--labels", source, f"{allowed} (unreadable: {exc})") from None
+    missing = set(LABEL_COLUMNS) - {c.strip() for c in header.strip().split(",")}
+    if missing:
+        raise ConfigError("--labels", source, f"{allowed} (missing: {', '.join(sorted(missing))})")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from medspark.pipeline import evaluate
+
+    check_labels(args.labels)
 
     def step(spark: Any, config: Any, record: Any) -> Any:
         rows = evaluate(spark, config, args.labels, args.model, record.run_id)
@@ -479,6 +533,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"medspark: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except MissingInput as exc:
+        print(f"medspark: {exc}", file=sys.stderr)
         return 2
     except EnvironmentProblem as exc:
         print(f"medspark: {exc}", file=sys.stderr)

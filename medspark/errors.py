@@ -25,5 +25,10 @@ class ConfigError(MedsparkError, ValueError):
         super().__init__(f"config key '{key}': got {value!r}; allowed: {allowed}")
 
 
+class MissingInput(MedsparkError):
+    """A step was asked for before the step that writes its input table (``infer`` on a
+    warehouse without ``images``): an invocation error, found before Spark starts."""
+
+
 class EnvironmentProblem(MedsparkError, RuntimeError):
     """Something outside medspark (Java, jars, interpreter) is missing or broken."""

@@ -84,6 +84,42 @@ def test_restricted_warehouse_inside_the_analyst_one_exits_2(tmp_path, capsys):
     assert code == 2 and "--restricted-warehouse" in err and not wh.exists()
 
 
+@pytest.mark.parametrize(
+    ("command", "table", "hint"),
+    [
+        ("infer", "images", "run ingest and preprocess first"),
+        ("preprocess", "scans", "run ingest first"),
+        ("waveforms", "scans", "run ingest first"),
+        ("volumes", "scans", "run ingest first"),
+    ],
+)
+def test_a_step_on_an_empty_warehouse_says_what_to_run_first(
+    tmp_path, capsys, command, table, hint
+):
+    """``infer`` on an empty warehouse printed a raw [PATH_NOT_FOUND] and left job_runs and
+    stage_metrics behind; now one line before Spark starts, and nothing is written."""
+    code = main([command, "--warehouse", str(tmp_path / "wh")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err == f"medspark: no {table} table at {tmp_path / 'wh' / table}: {hint}\n"
+    assert not (tmp_path / "wh").exists() and not (tmp_path / "wh_restricted").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [(None, "not found"), ("sop_instance_uid,label\n1.2.3,nodule\n", "missing: frame")],
+)
+def test_a_bad_labels_file_exits_2_before_spark(tmp_path, capsys, content, named):
+    labels = tmp_path / "labels.csv"
+    if content is not None:
+        labels.write_text(content)
+    wh = tmp_path / "wh"
+    code = main(["evaluate", "--warehouse", str(wh), "--labels", str(labels)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "'--labels'" in err and named in err and not wh.exists()
+
+
 def test_the_cli_driver_jvm_keeps_a_full_size_code_cache():
     """The CLI's driver runs C1 only (QUICK_JIT), which shrinks the code cache to 48 MB; a long
     or busy session then filled it ("CodeCache is full. Compiler has been disabled"). The
