@@ -112,6 +112,11 @@ def _broken(tmp_path, change):
             WAVEFORM_DATA_TOO_SHORT,
             "has 119998 bytes; 12 channel(s) x 5000 samples x 2 byte(s) need 120000",
         ),
+        (  # empty on disk: pydicom reads None (the reason was a TypeError on NoneType)
+            lambda g: setattr(g, "WaveformData", None),
+            WAVEFORM_DATA_TOO_SHORT,
+            "has 0 bytes; 12 channel(s) x 5000 samples x 2 byte(s) need 120000",
+        ),
         (
             lambda g: setattr(g, "WaveformSampleInterpretation", "UB"),
             UNSUPPORTED_WAVEFORM,

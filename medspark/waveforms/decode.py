@@ -219,7 +219,8 @@ def decode_group(
             f"Waveform Bits Allocated (5400,1004) {bits} with Waveform Sample Interpretation "
             f"(5400,1006) {interpretation!r} is not an encoding PS3.3 C.10.9.1.5 defines",
         )
-    data = bytes(group.WaveformData)
+    # An empty Waveform Data element reads as None in pydicom (a zero-length value).
+    data = bytes(group.WaveformData or b"")
     width = np.dtype(dtype).itemsize
     need = n_channels * n_samples * width
     if len(data) < need:
