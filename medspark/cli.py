@@ -389,8 +389,14 @@ def cmd_volumes(args: argparse.Namespace) -> int:
         from medspark.volumes.steps import volume_task
 
         check_volume_model(volume_task(config).model)
-    tables = ("series", "series_segments", "series_errors")
-    return _step_command(args, "volumes", volumes, record_volumes, tables, config)
+    return _step_command(args, "volumes", volumes, record_volumes, volumes_tables(config), config)
+
+
+def volumes_tables(config: Any) -> tuple[str, ...]:
+    """The tables ``medspark volumes`` writes: without a 3D model, the series table only."""
+    if config.volumes.model is None:
+        return ("series",)
+    return ("series", "series_segments", "series_errors")
 
 
 def cmd_infer(args: argparse.Namespace) -> int:

@@ -30,3 +30,35 @@ def test_bad_volume_model_is_a_configuration_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "volumes.model[volume-model].labels" in err and "output (1, 2, 8, 8, 8)" in err
     assert not (tmp_path / "wh").exists()  # nothing started, nothing written
+
+
+def test_volumes_without_a_model_names_only_the_series_table():
+    """It listed series_segments and series_errors among the tables written, without a model."""
+    import dataclasses
+
+    from medspark.cli import volumes_tables
+    from medspark.config import PipelineConfig
+
+    config = PipelineConfig()
+    assert config.volumes.model is None
+    assert volumes_tables(config) == ("series",)
+    with_model = dataclasses.replace(
+        config, volumes=dataclasses.replace(config.volumes, model=object())
+    )
+    assert volumes_tables(with_model) == ("series", "series_segments", "series_errors")
+
+
+def test_highdicom_warnings_stay_off_the_console():
+    """highdicom logs through ``logging``; with no handler (a Python worker), Python's
+    last-resort handler printed its warnings on the console of ``medspark volumes``. In a fresh
+    interpreter (pytest's own log capture would hide the fallback), with and without the
+    handler medspark adds."""
+    import subprocess
+    import sys
+
+    warn = "import logging; logging.getLogger('highdicom.seg.sop').warning('X is missing')"
+    quiet = "from medspark.volumes.dicom_seg import _quiet_highdicom; _quiet_highdicom(); "
+    plain = subprocess.run([sys.executable, "-c", warn], capture_output=True, text=True)
+    assert "X is missing" in plain.stderr  # what a worker printed
+    done = subprocess.run([sys.executable, "-c", quiet + warn], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == ""

@@ -195,6 +195,19 @@ def _codes(label: str) -> tuple[Any, Any]:
     return known.get(label.lower(), (codes.SCT.Tissue, codes.SCT.Tissue))
 
 
+def _quiet_highdicom() -> None:
+    """highdicom reports each attribute it copies (INFO) or finds missing (WARNING) through
+    ``logging``; a Python worker configures no handler, so Python's last-resort handler printed
+    those warnings on the console of ``medspark volumes``. The outcome that matters is the
+    row: ``seg_path``, or a ``seg_failed`` error with its reason. A handler on the library's
+    logger stops the fallback; ``--verbose`` users can still attach their own."""
+    import logging
+
+    logger = logging.getLogger("highdicom")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+
+
 def segmentation_dataset(
     sources: Sequence[Any],
     labels: np.ndarray,
@@ -210,6 +223,7 @@ def segmentation_dataset(
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
+    _quiet_highdicom()
     first = sources[0]
     series_uid = str(first.SeriesInstanceUID)
     algorithm = hd.AlgorithmIdentificationSequence(
