@@ -7,6 +7,12 @@ dependency closure of ``io.delta:delta-spark_<spark>_<scala>`` through Spark's I
 ``~/.cache/medspark/ivy`` (``MEDSPARK_CACHE`` moves it) and records the resolved jar files in a
 manifest; later starts pass those files with ``spark.jars`` and fetch nothing.
 
+The first fetch runs in a child process of its own, under a lock on the cache: two first
+starts at once (two commands on a fresh machine) used to run Ivy on one cache together and
+both die, and Ivy's report (about 250 lines) went to the console. Now one of them fetches,
+the other waits for the lock and finds the manifest; the console gets one line, the report
+goes to a log file.
+
 Under ``spark-submit`` the JVM already exists and its classpath can no longer change, so the
 Delta jars must come with the submit command (``--packages``); :func:`build_session` then checks
 that they are there and says what to add if not.
@@ -63,6 +69,66 @@ def _record_delta_jars(coords: str, spark_jars: str) -> None:
         manifest = _manifest_path(coords)
         manifest.parent.mkdir(parents=True, exist_ok=True)
         manifest.write_text("\n".join(jars) + "\n")
+
+
+#: The child process of a first fetch: a throwaway session with ``spark.jars.packages`` (Spark's
+#: own Ivy resolution, as a start without the manifest did), whose resolved ``spark.jars``
+#: become the manifest. argv: coordinates, Ivy folder.
+_FETCH_SCRIPT = """
+import sys
+from pyspark.sql import SparkSession
+from medspark.session import _record_delta_jars
+coords, ivy = sys.argv[1], sys.argv[2]
+spark = (SparkSession.builder.master("local[1]").appName("medspark-fetch-jars")
+         .config("spark.jars.packages", coords).config("spark.jars.ivy", ivy)
+         .config("spark.ui.enabled", "false").config("spark.driver.host", "127.0.0.1")
+         .config("spark.driver.bindAddress", "127.0.0.1").getOrCreate())
+_record_delta_jars(coords, spark.sparkContext.getConf().get("spark.jars", ""))
+spark.stop()
+"""
+
+
+def fetch_delta_jars(coords: str) -> list[str]:
+    """The Delta jar files, fetched once per cache: under an exclusive lock on
+    ``<cache>/jars/.fetch.lock``, a start that finds no manifest resolves the jars in a child
+    process (its output in a log file, one line on the console); a start that waited for the
+    lock finds the manifest the other wrote and fetches nothing."""
+    import fcntl
+    import subprocess
+    import time
+
+    from medspark.failures import log_dir
+
+    folder = cache_dir() / "jars"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".fetch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        jars = cached_delta_jars(coords)
+        if jars:
+            return jars
+        log = log_dir() / f"medspark-fetch-jars-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+        print(
+            f"medspark: fetching Delta Lake jars ({coords}) into {cache_dir() / 'ivy'}, first "
+            f"start only (details: {log})",
+            file=sys.stderr,
+            flush=True,
+        )
+        with open(log, "w", encoding="utf-8") as out:
+            done = subprocess.run(
+                [sys.executable, "-c", _FETCH_SCRIPT, coords, str(cache_dir() / "ivy")],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"},
+            )
+        jars = cached_delta_jars(coords)
+        if done.returncode != 0 or not jars:
+            raise EnvironmentProblem(
+                f"the Delta jars ({coords}) could not be fetched from Maven Central into "
+                f"{cache_dir() / 'ivy'} (details: {log}): connect once, or set MEDSPARK_CACHE "
+                "to a cache filled elsewhere."
+            )
+        return jars
 
 
 def check_java() -> None:
@@ -165,14 +231,8 @@ def build_session(
         if master.startswith("local"):
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         builder = builder.master(master)
-        jars = cached_delta_jars(coords)
-        if jars:
-            conf["spark.jars"] = ",".join([*jars, *filter(None, [conf.get("spark.jars")])])
-        else:
-            conf["spark.jars.packages"] = ",".join(
-                filter(None, [coords, conf.get("spark.jars.packages")])
-            )
-            conf.setdefault("spark.jars.ivy", str(cache_dir() / "ivy"))
+        jars = cached_delta_jars(coords) or fetch_delta_jars(coords)
+        conf["spark.jars"] = ",".join([*jars, *filter(None, [conf.get("spark.jars")])])
     for key, value in conf.items():
         if submitted and (
             key in given or key in ("spark.driver.memory", "spark.pyspark.driver.python")
@@ -183,16 +243,11 @@ def build_session(
         spark = builder.getOrCreate()
     except PySparkRuntimeError as exc:
         raise EnvironmentProblem(
-            f"Spark could not start ({exc.getErrorClass()}). If the log above shows "
-            f"'unresolved dependency', the Delta jars ({coords}) could not be fetched from "
-            f"Maven Central into {cache_dir() / 'ivy'}: connect once, or set MEDSPARK_CACHE "
-            "to a cache filled elsewhere."
+            f"Spark could not start ({exc.getErrorClass()}): see the lines above."
         ) from None
     spark.sparkContext.setLogLevel(config.log_level)
     if submitted:
         _require_delta_classes(spark, coords)
-    elif not cached_delta_jars(coords):
-        _record_delta_jars(coords, spark.sparkContext.getConf().get("spark.jars", ""))
     return spark
 
 

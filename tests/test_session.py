@@ -1,0 +1,63 @@
+"""Starting Spark: the first start's jar fetch, as two commands on a fresh machine meet it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+#: One short start: a session with Delta's classes, stopped.
+START = """
+from medspark.config import SparkConfig
+from medspark.session import _require_delta_classes, build_session, delta_coordinates
+spark = build_session(SparkConfig(master="local[1]", log_level="ERROR"),
+                      extra_conf={"spark.ui.enabled": "false"})
+_require_delta_classes(spark, delta_coordinates())
+spark.stop()
+"""
+
+
+@pytest.mark.subprocess
+def test_two_first_starts_at_once_fetch_the_jars_once_with_one_line(spark, tmp_path):
+    """Two starts at once with no jar manifest in the cache (a fresh machine): both used to run
+    Ivy on one cache together (both died with exit 3 there) and print about 250 lines of its
+    report. Now one fetches under a lock, in a child process whose output goes to a log file,
+    and says so in one line; the other waits and fetches nothing.
+
+    The cache's Ivy folder is a copy of the one this session resolved (``spark`` fixture), so
+    Ivy finds every module in it and the network is not used again."""
+    from medspark.session import cache_dir, cached_delta_jars, delta_coordinates
+
+    cache = tmp_path / "cache"
+    shutil.copytree(cache_dir() / "ivy", cache / "ivy")
+    env = {**os.environ, "MEDSPARK_CACHE": str(cache), "MEDSPARK_LOG_DIR": str(tmp_path / "log")}
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", START],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=600) for p in starts]
+    assert [p.returncode for p in starts] == [0, 0], outputs
+    console = "".join(out + err for out, err in outputs)
+    fetching = [line for line in console.splitlines() if "fetching Delta Lake jars" in line]
+    assert len(fetching) == 1, console
+    assert fetching[0].startswith("medspark: fetching Delta Lake jars (io.delta:delta-spark")
+    assert "found io.delta" not in console and "resolution report" not in console, console
+    os.environ["MEDSPARK_CACHE"], saved = str(cache), os.environ.get("MEDSPARK_CACHE")
+    try:
+        assert cached_delta_jars(delta_coordinates())  # the manifest, for every later start
+    finally:
+        if saved is None:
+            del os.environ["MEDSPARK_CACHE"]
+        else:
+            os.environ["MEDSPARK_CACHE"] = saved
+    (log,) = (tmp_path / "log").glob("medspark-fetch-jars-*.log")
+    assert "resolution report" in log.read_text()
