@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -235,8 +236,14 @@ def _session(args: argparse.Namespace, config: Any) -> Any:
     )
     if "spark.driver.extraJavaOptions" not in {**config.spark.conf, **extra}:
         extra["spark.driver.extraJavaOptions"] = QUICK_JIT
-    spark = build_session(config.spark, master=args.master, extra_conf=extra)
-    if not getattr(args, "verbose", False):
+    verbose = getattr(args, "verbose", False)
+    jvm_log = None
+    if not verbose:  # the console is for medspark's lines: Spark's banner and warnings to a log
+        from medspark.failures import log_dir
+
+        jvm_log = log_dir() / f"medspark-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-jvm.log"
+    spark = build_session(config.spark, master=args.master, extra_conf=extra, jvm_log=jvm_log)
+    if not verbose:
         # The console is for medspark's own lines: a failed task would otherwise print its Java
         # stack trace there (Spark logs it at ERROR). The failure still reaches the user as one
         # line and its log file (main); --verbose keeps Spark's log at spark.log_level.
@@ -550,14 +557,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"medspark: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - Spark, Delta, the file system: one line + a log
-        from medspark.failures import describe, write_trace
+        from medspark.failures import describe, disk_full, disk_full_line, write_trace
 
         log = write_trace(exc)
         if getattr(args, "verbose", False):
             import traceback
 
             traceback.print_exception(exc, file=sys.stderr)
-        print(f"medspark: {describe(exc)} (full trace: {log})", file=sys.stderr)
+        warehouse = getattr(args, "warehouse", None) or getattr(args, "dir", None)
+        what = disk_full_line(warehouse) if warehouse and disk_full(exc) else describe(exc)
+        print(f"medspark: {what} (full trace: {log})", file=sys.stderr)
         return 1
 
 

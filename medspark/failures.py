@@ -14,6 +14,7 @@ import re
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 #: Where traces go: ``$MEDSPARK_LOG_DIR``, else a per-user folder in the temp directory.
@@ -38,6 +39,67 @@ def write_trace(exc: BaseException) -> Path:
     with open(path, "w", encoding="utf-8") as out:
         traceback.print_exception(exc, file=out)
     return path
+
+
+@contextlib.contextmanager
+def stderr_to(path: Path) -> Iterator[None]:
+    """Send file descriptor 2 to ``path`` (appended) for the block, then back.
+
+    For output that is not medspark's and that Python cannot intercept: a JVM started in the
+    block keeps the file as its stderr for its whole life (Spark's start-up banner and
+    warnings, its executors' and Python workers' stderr), and a Rust panic inside delta-rs
+    writes to the descriptor directly. Python's own ``sys.stderr`` writes in the block go to
+    the file too."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as out:
+        os.dup2(out.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+#: The text by which a full disk shows in an exception (Java's, Python's, delta-rs's own).
+_DISK_FULL = ("No space left on device", "os error 28", "ENOSPC")
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it came from) says a disk is full."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = f"{current}\n{getattr(current, 'java_exception', '') or ''}"
+        if isinstance(current, OSError) and current.errno == 28:
+            return True
+        if any(marker in text for marker in _DISK_FULL):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def disk_full_line(location: str) -> str:
+    """One line for a full disk under ``location``: the mount it is on, what is free there,
+    and what to do."""
+    import shutil
+
+    path = Path(location).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        usage = shutil.disk_usage(path)
+        room = f"{usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.0f} MiB"
+    except OSError:
+        room = "free space unknown"
+    return (
+        f"the disk under the warehouse {location} is full ({room} at {path}): free space there, "
+        "then run the same command again; every table holds its last complete commit"
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -200,15 +200,22 @@ def build_session(
     *,
     master: str | None = None,
     extra_conf: dict[str, str] | None = None,
+    jvm_log: Path | None = None,
 ) -> Any:
     """Build (or, under spark-submit, adopt) a SparkSession with Delta enabled.
 
     ``master`` and ``extra_conf`` override the config (they come from ``--master`` and
-    ``--spark-conf``). Returns the session; raises :class:`EnvironmentProblem` with one clear
-    line when Java or the Delta jars are missing.
+    ``--spark-conf``). ``jvm_log``: a file that gets the JVM's stderr for its whole life
+    (start-up banner, warnings, executors' and Python workers' output) instead of the console
+    (the CLI's choice without ``--verbose``). Returns the session; raises
+    :class:`EnvironmentProblem` with one clear line when Java or the Delta jars are missing.
     """
+    import contextlib
+
     from pyspark.errors import PySparkRuntimeError
     from pyspark.sql import SparkSession
+
+    from medspark.failures import stderr_to
 
     config = config or SparkConfig()
     submitted = _running_under_spark_submit()
@@ -240,10 +247,12 @@ def build_session(
             continue  # given to spark-submit, or fixed by it before Python started
         builder = builder.config(key, value)
     try:
-        spark = builder.getOrCreate()
+        with stderr_to(jvm_log) if jvm_log else contextlib.nullcontext():
+            spark = builder.getOrCreate()
     except PySparkRuntimeError as exc:
+        where = jvm_log or "the lines above"
         raise EnvironmentProblem(
-            f"Spark could not start ({exc.getErrorClass()}): see the lines above."
+            f"Spark could not start ({exc.getErrorClass()}): see {where}"
         ) from None
     spark.sparkContext.setLogLevel(config.log_level)
     if submitted:

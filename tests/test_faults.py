@@ -96,3 +96,49 @@ def test_killed_after_a_commit_then_rerun_equals_a_clean_run(
     for name in TABLES[command]:
         assert _rows(killed, name) == _rows(clean, name), name
     assert _rows(clean, "scans") and _rows(clean, "ingest_errors")
+
+
+def _mount_small_disk(where, size: str) -> bool:
+    """A tmpfs of ``size`` at ``where`` (root only); False where mounting is not allowed."""
+    where.mkdir(parents=True, exist_ok=True)
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)]
+    return os.geteuid() == 0 and subprocess.run(mount, capture_output=True).returncode == 0
+
+
+def test_a_full_disk_is_one_line_and_the_run_is_recorded_failed(tmp_path):
+    """A warehouse on a 1 MiB file system fills during ``run``. It used to end with a
+    Py4JJavaError line, a Rust panic header and JVM warnings on the console, and its job_runs
+    row left ``running``. Now: exit 1 and one line naming the warehouse and the disk; after
+    space is freed, the next run records the first as failed (its reason) and completes."""
+    from medspark.synthetic import SliceSpec, ct_slice_bytes
+
+    disk = tmp_path / "disk"
+    if not _mount_small_disk(disk, "1m"):
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        source = tmp_path / "in"
+        source.mkdir()
+        for i in range(60):  # 60 slices of 256 x 256: more than 1 MiB of tables
+            (source / f"s{i:03d}.dcm").write_bytes(ct_slice_bytes(SliceSpec(bool(i % 2), i)))
+        warehouse = disk / "wh"
+        env = {**os.environ, "MEDSPARK_LOG_DIR": str(tmp_path / "log")}
+        command = [sys.executable, "-m", "medspark.cli", "run", str(source)]
+        command += ["--warehouse", str(warehouse)]
+        full = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        assert full.returncode == 1, full.stderr[-3000:]
+        assert full.stderr.count("\n") == 1, full.stderr
+        assert full.stderr.startswith(f"medspark: the disk under the warehouse {warehouse} is full")
+
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "failed before it could record why: recorded now" in again.stderr
+        runs = DeltaTable(str(warehouse / "job_runs")).to_pyarrow_table().to_pylist()
+        status = sorted((r["status"], (r["error"] or "")[:56]) for r in runs)
+        assert status == [
+            ("failed", "the warehouse's disk was full (No space left on device)"),
+            ("succeeded", ""),
+        ]
+        assert DeltaTable(str(warehouse / "images")).to_pyarrow_table().num_rows == 60
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from medspark.config import PipelineConfig, to_dict
@@ -85,13 +86,72 @@ def recorded_run(spark: Any, config: PipelineConfig, job: str, run_id: str) -> I
         error = exc
         raise
     finally:
+        from medspark.failures import log_dir, stderr_to
+
         seconds = time.monotonic() - t0
         try:
             if row is None:
                 row = _row(spark, config, record, started)
-            _write(spark, config, record, row, seconds, error)
+            # delta-rs writes these rows; a Rust panic inside it (a full disk) would print its
+            # header on the console, so its stderr goes to the log folder meanwhile.
+            with stderr_to(log_dir() / f"medspark-{run_id}-record.log"):
+                _write(spark, config, record, row, seconds, error)
         except Exception as exc:  # noqa: BLE001 - bookkeeping must not mask the step's result
-            print(f"medspark: could not record run {run_id}: {exc}", file=sys.stderr)
+            if error is None or row is None:
+                print(f"medspark: could not record run {run_id}: {exc}", file=sys.stderr)
+            else:  # the step's own failure is the one line the CLI prints
+                _keep_outcome(config, row, error)
+
+
+def _pending_dir() -> Path:
+    from medspark.failures import log_dir
+
+    return log_dir() / "pending-outcomes"
+
+
+def _keep_outcome(config: PipelineConfig, row: dict[str, Any], error: BaseException) -> None:
+    """A failed run whose outcome could not be written (its warehouse's disk is full, say)
+    leaves it in the log folder; the next run on the same ``job_runs`` records it
+    (:func:`record_pending`) instead of calling the run abandoned."""
+    from medspark.failures import disk_full
+
+    folder = _pending_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    reason = f"{type(error).__name__}: {error}"
+    if disk_full(error):
+        reason = "the warehouse's disk was full (No space left on device): " + reason
+    outcome = {
+        "path": config.table_path("job_runs"),
+        "run_id": row["run_id"],
+        "error": reason[:4000],
+    }
+    (folder / f"{row['run_id']}.json").write_text(json.dumps(outcome))
+
+
+def record_pending(path: str) -> list[str]:
+    """Mark ``failed``, with their reasons, the ``running`` rows of ``job_runs`` at ``path``
+    whose run left its outcome in the log folder (:func:`_keep_outcome`); returns their ids."""
+    from deltalake import DeltaTable
+
+    folder = _pending_dir()
+    done = []
+    for file in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        outcome = json.loads(file.read_text())
+        if outcome["path"] != path or not DeltaTable.is_deltatable(path):
+            continue
+        run_id = outcome["run_id"].replace("'", "''")
+        DeltaTable(path).update(
+            predicate=f"run_id = '{run_id}' AND status = 'running'",
+            # As SQL literals: a Java error text holds quotes and '$', which delta-rs's
+            # new_values passes to its SQL parser unescaped.
+            updates={
+                "status": "'failed'",
+                "error": "'" + outcome["error"].replace("'", "''") + "'",
+            },
+        )
+        file.unlink()
+        done.append(outcome["run_id"])
+    return done
 
 
 def _process_alive(pid: int) -> bool:
@@ -169,6 +229,11 @@ def _start(config: PipelineConfig, row: dict[str, Any]) -> None:
     if ensure_schema(path, "job_runs"):
         print(
             f"medspark: {path}: job_runs upgraded to this release's schema (rows kept)",
+            file=sys.stderr,
+        )
+    for run_id in record_pending(path):
+        print(
+            f"medspark: run {run_id} failed before it could record why: recorded now",
             file=sys.stderr,
         )
     for run_id in mark_abandoned(path):

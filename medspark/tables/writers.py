@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import stat
 import sys
 import time
@@ -81,10 +82,37 @@ def ensure_table(spark: Any, path: str, table: str) -> Any:
     return with_retries(lambda: _ensure_table_once(spark, path, table), table)
 
 
+#: Seconds after which a ``_delta_log`` folder without a commit is a leftover of a creation
+#: that died, not one another writer is making right now (a creation commits within seconds).
+STALE_EMPTY_LOG_S = 60.0
+
+
+def _clear_stale_empty_log(path: str) -> None:
+    """Remove the ``_delta_log`` folder of a table whose creation died before its first commit
+    (a full disk, a kill): Delta calls such a folder a table that "doesn't exist" and will not
+    create one there either, so every later write failed on it. Only a local folder, with no
+    commit or checkpoint in its log and nothing beside the log, untouched for
+    :data:`STALE_EMPTY_LOG_S` (a writer creating it now is left alone)."""
+    if "://" in path:
+        return
+    folder = Path(path)
+    log = folder / "_delta_log"
+    if not log.is_dir() or any(p.name != "_delta_log" for p in folder.iterdir()):
+        return
+    names = [p.name for p in log.rglob("*")]
+    if any(n.endswith(".json") or ".checkpoint" in n for n in names):
+        return
+    if time.time() - max([log.stat().st_mtime, *(p.stat().st_mtime for p in log.rglob("*"))]) > (
+        STALE_EMPTY_LOG_S
+    ):
+        shutil.rmtree(log)
+
+
 def _ensure_table_once(spark: Any, path: str, table: str) -> Any:
     """Create the Delta table at ``path`` with its declared schema if it does not exist."""
     from delta.tables import DeltaTable
 
+    _clear_stale_empty_log(path)
     schema, _ = TABLES[table]
     builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
     for key, value in TABLE_PROPERTIES.items():
