@@ -134,7 +134,7 @@ def test_a_full_disk_is_one_line_and_the_run_is_recorded_failed(tmp_path):
         assert again.returncode == 0, again.stderr[-3000:]
         assert "failed before it could record why: recorded now" in again.stderr
         runs = DeltaTable(str(warehouse / "job_runs")).to_pyarrow_table().to_pylist()
-        status = sorted((r["status"], (r["error"] or "")[:56]) for r in runs)
+        status = sorted((r["status"], (r["error"] or "")[:55]) for r in runs)
         assert status == [
             ("failed", "the warehouse's disk was full (No space left on device)"),
             ("succeeded", ""),
