@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -193,3 +194,130 @@ def test_grouped_folds_keep_each_patient_in_one_fold():
     assert [f.tolist() for f in grouped_folds(patients, 4, seed=1)] == [f.tolist() for f in folds]
     with pytest.raises(ValueError, match="folds"):
         grouped_folds(["a", "b"], 3, seed=1)
+
+
+def _write_warehouse(spark, config, pseudo, rng):
+    """predictions, scans and a labels CSV for 13 patients of 3 frames over 2 scanner models,
+    with one label without prediction, one prediction without label and one frame whose
+    instance has no scans row. Returns the labels path and the expected joined frames."""
+    import pandas as pd
+
+    rows, scans, labels = [], [], ["sop_instance_uid,frame,label"]
+    for p in range(13):
+        sick = p % 3 != 0
+        original = f"1.2.840.77.{p}"
+        model_name = "SYN-A" if p < 7 else "SYN-B"
+        sex = "MF"[p % 2] if p < 10 else None  # de-identified without it from patient 10 on
+        header = json.dumps({"00100040": {"vr": "CS", "Value": [sex]}} if sex else {})
+        if p == 12:  # patient 12's instance never reached scans
+            model_name = None
+        else:
+            scans.append((pseudo.uid(original), f"PAT{p}", "ACME", model_name, "CT", header))
+        for f in range(3):
+            positive = sick and f != 1
+            score = float(np.clip(rng.normal(0.65 if positive else 0.35, 0.2), 0.001, 0.999))
+            score = round(score, 3)
+            rows.append((pseudo.uid(original), f, original, positive, score, p, model_name, sex))
+            labels.append(f"{original},{f},{'nodule' if positive else 'no_nodule'}")
+    labels.append("1.2.840.77.404,0,nodule")  # a label without prediction
+    frames = pd.DataFrame(
+        rows, columns=["uid", "frame", "original", "positive", "score", "p", "model", "sex"]
+    )
+    predictions = [
+        (r.uid, r.frame, "medspark-nodule-demo", "1", "x", [1 - r.score, r.score])
+        for r in frames.itertuples()
+    ] + [(pseudo.uid("1.2.840.77.0"), 7, "medspark-nodule-demo", "1", "x", [0.5, 0.5])]
+    spark.createDataFrame(
+        predictions,
+        "sop_instance_uid string, frame int, model string, model_version string, label string, "
+        "probabilities array<float>",
+    ).write.format("delta").save(config.table_path("predictions"))
+    spark.createDataFrame(
+        scans,
+        "sop_instance_uid string, patient_id string, manufacturer string, "
+        "manufacturer_model_name string, modality string, header_json string",
+    ).write.format("delta").save(config.table_path("scans"))
+    path = config.table_path("predictions") + "_labels.csv"
+    with open(path, "w") as out:
+        out.write("\n".join(labels) + "\n")
+    # the score as the table holds it (float32)
+    frames["score"] = frames["score"].astype(np.float32).astype(np.float64)
+    return path, frames
+
+
+def test_evaluate_writes_figures_equal_to_scikit_learn(spark, tmp_path, pseudo):
+    import dataclasses
+
+    from medspark.config import EvaluationConfig, PipelineConfig, with_overrides
+    from medspark.errors import ConfigError
+    from medspark.inference.evaluate import read_labels
+    from medspark.pipeline import evaluate
+
+    config = with_overrides(PipelineConfig(), warehouse=str(tmp_path))
+    config = dataclasses.replace(
+        config,
+        evaluation=EvaluationConfig(
+            bootstrap_resamples=200, subgroups=["manufacturer_model_name", "patient_sex"]
+        ),
+    )
+    labels, frames = _write_warehouse(spark, config, pseudo, np.random.default_rng(5))
+    result = evaluate(spark, config, labels, run_id="eval-1")
+    fig = result.figure
+    y, s = frames["positive"].to_numpy(), frames["score"].to_numpy()
+    assert abs(fig("auc")["value"] - roc_auc_score(y, s)) < 1e-9
+    assert abs(fig("brier")["value"] - brier_score_loss(y, s)) < 1e-9
+    tn, fp, fn, tp = confusion_matrix(y, s >= 0.5).ravel()
+    assert fig("sensitivity")["value"] == pytest.approx(tp / (tp + fn), abs=1e-12)
+    assert fig("npv")["value"] == pytest.approx(tn / (tn + fn), abs=1e-12)
+    assert (fig("auc")["n"], fig("auc")["n_positive"]) == (39, int(y.sum()))
+    assert fig("auc")["n_patients"] == 13  # patient 12 (no scans row) is its instance
+    low, high = fig("auc")["ci_low"], fig("auc")["ci_high"]
+    assert low < fig("auc")["value"] < high and fig("sensitivity")["threshold"] == 0.5
+    # patient level: max over a patient's frames, positive when any frame is
+    by_patient = frames.groupby("p").agg(score=("score", "max"), positive=("positive", "any"))
+    assert (
+        abs(fig("auc", "patient")["value"] - roc_auc_score(by_patient.positive, by_patient.score))
+        < 1e-9
+    )
+    assert fig("auc", "patient")["n"] == 13 and fig("auc", "instance")["n"] == 13
+    # calibration of the frame level, as scikit-learn bins it
+    observed, predicted = calibration_curve(y, s, n_bins=10)
+    bins = sorted((r for r in result.calibration if r["level"] == "frame"), key=lambda r: r["bin"])
+    np.testing.assert_allclose([r["observed_rate"] for r in bins], observed, atol=1e-9)
+    np.testing.assert_allclose([r["mean_predicted"] for r in bins], predicted, atol=1e-9)
+    # subgroups: a scanner model, and sex from the header where de-identification kept it
+    sub = frames[frames.model == "SYN-B"]
+    b = fig("auc", "frame", "manufacturer_model_name=SYN-B")
+    assert abs(b["value"] - roc_auc_score(sub.positive, sub.score)) < 1e-9
+    assert b["ci_low"] is None and "too few for an interval" in b["note"]  # 5 patients
+    assert fig("auc", "frame", "patient_sex=F")["n"] == 15
+    assert fig("auc", "frame", "manufacturer_model_name=SYN-A")["n"] == 21
+    # every row that could not be evaluated is counted
+    counts = {r["metric"]: r["value"] for r in result.evaluation if "without" in r["metric"]}
+    assert counts["labels_without_prediction"] == 1
+    assert counts["predictions_without_label"] == 1
+    assert counts["frames_without_patient"] == 3
+    band = [r for r in result.roc if r["level"] == "frame"]
+    assert len(band) == 101 and all(r["tpr_low"] <= r["tpr"] <= r["tpr_high"] for r in band)
+
+    # Same run again: the tables keep one row per key.
+    again = evaluate(spark, config, labels, run_id="eval-1")
+    assert again.evaluation == [
+        {**r, "evaluated_at": again.evaluation[0]["evaluated_at"]} for r in result.evaluation
+    ]
+    for table in ("model_evaluation", "model_calibration", "model_roc"):
+        df = spark.read.format("delta").load(config.table_path(table))
+        assert df.count() == len(getattr(result, table.split("_")[1]))
+    stored = spark.read.format("delta").load(config.table_path("model_evaluation"))
+    assert stored.where("level = 'frame' and subgroup = 'all' and metric = 'auc'").first()[
+        "ci_low"
+    ] == pytest.approx(low)
+
+    # Bad label files are one ConfigError naming --labels.
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sop_instance_uid,frame,label\n1.2.3,zero,nodule\n")
+    with pytest.raises(ConfigError, match="frame number"):
+        read_labels(spark, str(bad))
+    bad.write_text("sop_instance_uid,frame,label\n1.2.3,0,nodule\n1.2.3,0,no_nodule\n")
+    with pytest.raises(ConfigError, match="one label per frame"):
+        read_labels(spark, str(bad))

@@ -464,3 +464,115 @@ def grouped_folds(groups: Sequence[Any], k: int, seed: int) -> list[np.ndarray]:
         load[f] += counts[g]
     unit_fold = fold_of[inverse.ravel()]
     return [np.flatnonzero(unit_fold == f) for f in range(k)]
+
+
+#: The levels of ``model_evaluation``, finest first.
+LEVELS = ("frame", "instance", "patient")
+
+
+def age_in_years(value: str | None) -> float | None:
+    """Patient's Age (0010,1010), an AS value such as ``045Y``, ``018M``, ``003W``, ``010D``."""
+    if not value or len(value.strip()) < 2:
+        return None
+    text = value.strip().upper()
+    per_year = {"Y": 1.0, "M": 12.0, "W": 52.1775, "D": 365.25}.get(text[-1])
+    if per_year is None or not text[:-1].isdigit():
+        return None
+    return int(text[:-1]) / per_year
+
+
+def age_band(value: str | None, edges: Sequence[int]) -> str | None:
+    """The band of an AS age among ``edges`` (lower edges after the first): ``<18``,
+    ``18-39``, ``40-64``, ``65+`` for [18, 40, 65]; None when the age is absent or malformed."""
+    years = age_in_years(value)
+    if years is None:
+        return None
+    bounds = list(edges)
+    if years < bounds[0]:
+        return f"<{bounds[0]}"
+    for low, high in zip(bounds, bounds[1:], strict=False):
+        if years < high:
+            return f"{low}-{high - 1}"
+    return f"{bounds[-1]}+"
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """What :func:`evaluate_frames` needs from ``evaluation`` (the config section)."""
+
+    threshold_rule: ThresholdRule = "fixed"
+    threshold: float = 0.5
+    target_sensitivity: float = 0.9
+    aggregation: Aggregation = "max"
+    subgroups: tuple[str, ...] = ()
+    spec: BootstrapSpec = field(default_factory=BootstrapSpec)
+
+
+def evaluate_frames(
+    columns: dict[str, np.ndarray], settings: EvaluationSettings
+) -> dict[str, list[dict[str, Any]]]:
+    """Every figure of ``model_evaluation``, ``model_calibration`` and ``model_roc``.
+
+    ``columns``: one entry per labelled frame with a prediction: ``score`` (the positive
+    class's probability), ``positive`` (the label), ``sop_instance_uid``, ``patient`` (None
+    where the instance has no patient: it is then its own patient) and one array per subgroup
+    column (None: not known for that frame, which is then in no subgroup of that column).
+    Returns ``metrics``, ``calibration`` and ``roc`` rows, each with ``level`` (and the metric
+    rows with ``subgroup``), and ``thresholds``: one row per level with the threshold chosen.
+    """
+    score = np.asarray(columns["score"], dtype=np.float64)
+    label = np.asarray(columns["positive"], dtype=bool)
+    sop = np.asarray(columns["sop_instance_uid"], dtype=object)
+    patient = np.asarray(columns["patient"], dtype=object)
+    patient = np.where(
+        patient == None,  # noqa: E711 - elementwise comparison on an object array
+        np.char.add("instance:", sop.astype(str)).astype(object),
+        patient,
+    )
+    _, patient_code = np.unique(patient.astype(str), return_inverse=True)
+    _, sop_code = np.unique(sop.astype(str), return_inverse=True)
+    patient_code, sop_code = patient_code.ravel(), sop_code.ravel()
+    masks: list[tuple[str, np.ndarray]] = [("all", np.ones(len(score), dtype=bool))]
+    for column in settings.subgroups:
+        values = np.asarray(columns[column], dtype=object)
+        known = values != None  # noqa: E711
+        for value in sorted({str(v) for v in values[known]}):
+            masks.append((f"{column}={value}", known & (values.astype(str) == value)))
+    out: dict[str, list[dict[str, Any]]] = {
+        "metrics": [],
+        "calibration": [],
+        "roc": [],
+        "thresholds": [],
+    }
+    for level in LEVELS:
+        threshold = None
+        for subgroup, mask in masks:
+            s, y, c = score[mask], label[mask], patient_code[mask]
+            if level != "frame":
+                key = sop_code[mask] if level == "instance" else c
+                s, y, c = group_units(s, y, c, key, settings.aggregation)
+            if threshold is None:
+                threshold, why = choose_threshold(
+                    s,
+                    y,
+                    settings.threshold_rule,
+                    settings.target_sensitivity
+                    if settings.threshold_rule == "sensitivity"
+                    else settings.threshold,
+                )
+                out["thresholds"].append({"level": level, "threshold": threshold, "note": why})
+            whole = subgroup == "all"
+            result = evaluate_units(
+                s,
+                y,
+                c,
+                threshold,
+                settings.spec,
+                f"{level}|{subgroup}",
+                roc=whole,
+                calibration=whole,
+            )
+            out["metrics"] += [{"level": level, "subgroup": subgroup, **r} for r in result.metrics]
+            out["calibration"] += [{"level": level, **r} for r in result.calibration]
+            out["roc"] += [{"level": level, "point": i, **r} for i, r in enumerate(result.roc)]
+    return out
