@@ -321,3 +321,20 @@ def test_evaluate_writes_figures_equal_to_scikit_learn(spark, tmp_path, pseudo):
     bad.write_text("sop_instance_uid,frame,label\n1.2.3,0,nodule\n1.2.3,0,no_nodule\n")
     with pytest.raises(ConfigError, match="one label per frame"):
         read_labels(spark, str(bad))
+
+
+def test_train_demo_cross_validates_with_patient_grouped_folds(tmp_path):
+    from medspark.inference.train import SLICES_PER_PATIENT, train_demo_model
+
+    card = train_demo_model(tmp_path, n_train=48, n_test=8, epochs=1, folds=3)
+    cv = card["cross_validation"]
+    assert cv["folds"] == 3 and len(cv["per_fold"]) == 3
+    assert sum(f["n_test"] for f in cv["per_fold"]) == 48
+    assert all(f["n_train"] + f["n_test"] == 48 for f in cv["per_fold"])
+    assert sum(f["patients_test"] for f in cv["per_fold"]) == 48 // SLICES_PER_PATIENT
+    aucs = [f["auc"] for f in cv["per_fold"]]
+    assert cv["summary"]["auc"]["mean"] == pytest.approx(np.mean(aucs), abs=1e-4)
+    assert cv["summary"]["auc"]["sd"] == pytest.approx(np.std(aucs, ddof=1), abs=1e-4)
+    assert cv["summary"]["auc"]["min"] == min(aucs)
+    assert (tmp_path / "model.pt").is_file()
+    assert json.loads((tmp_path / "model_card.json").read_text())["cross_validation"] == cv
