@@ -232,7 +232,10 @@ class _SortedUnits:
 
 
 def _per_score(sorted_units: _SortedUnits, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted positives and negatives per distinct score (ascending): blocks x distinct."""
+    """Weighted positives and negatives per distinct score (ascending): blocks x distinct.
+
+    ``w``: blocks x units, in the sorted order.
+    """
     pos = np.where(sorted_units.positive, w, 0.0)
     neg = w - pos
     return (
@@ -241,11 +244,8 @@ def _per_score(sorted_units: _SortedUnits, w: np.ndarray) -> tuple[np.ndarray, n
     )
 
 
-def _weighted_auc(sorted_units: _SortedUnits, weights: np.ndarray) -> np.ndarray:
-    """AUC per row of ``weights`` (blocks x units, in the units' original order)."""
-    if not len(sorted_units.order):
-        return np.full(len(weights), math.nan)
-    pos, neg = _per_score(sorted_units, weights[:, sorted_units.order])
+def _auc_from(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """AUC per row from weighted positives and negatives per distinct score (ascending)."""
     below = np.cumsum(neg, axis=1) - neg
     total_pos, total_neg = pos.sum(axis=1), neg.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -254,20 +254,31 @@ def _weighted_auc(sorted_units: _SortedUnits, weights: np.ndarray) -> np.ndarray
     return auc
 
 
-def _roc_rows(sorted_units: _SortedUnits, weights: np.ndarray) -> np.ndarray:
-    """TPR at :data:`ROC_GRID` per row of ``weights`` (the ROC curve read at fixed FPRs)."""
-    pos, neg = _per_score(sorted_units, weights[:, sorted_units.order])
+def _weighted_auc(sorted_units: _SortedUnits, weights: np.ndarray) -> np.ndarray:
+    """AUC per row of ``weights`` (blocks x units, in the units' original order)."""
+    if not len(sorted_units.order):
+        return np.full(len(weights), math.nan)
+    return _auc_from(*_per_score(sorted_units, weights[:, sorted_units.order]))
+
+
+def _roc_from(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """TPR at :data:`ROC_GRID` per row (the ROC curve read at fixed false positive rates)."""
     # From the highest score down: the curve's points as the threshold is lowered.
     tp = np.cumsum(pos[:, ::-1], axis=1)
     fp = np.cumsum(neg[:, ::-1], axis=1)
-    out = np.full((len(weights), len(ROC_GRID)), math.nan)
-    for r in range(len(weights)):
+    out = np.full((len(pos), len(ROC_GRID)), math.nan)
+    for r in range(len(pos)):
         if tp[r, -1] <= 0 or fp[r, -1] <= 0:
             continue
         fpr = np.r_[0.0, fp[r] / fp[r, -1]]
         tpr = np.r_[0.0, tp[r] / tp[r, -1]]
         out[r] = tpr[np.searchsorted(fpr, ROC_GRID, side="right") - 1]
     return out
+
+
+def _roc_rows(sorted_units: _SortedUnits, weights: np.ndarray) -> np.ndarray:
+    """TPR at :data:`ROC_GRID` per row of ``weights`` (blocks x units, original order)."""
+    return _roc_from(*_per_score(sorted_units, weights[:, sorted_units.order]))
 
 
 def cluster_draws(n_clusters: int, n_resamples: int, seed: int, salt: str) -> np.ndarray:
@@ -327,14 +338,16 @@ def bootstrap(
         out["brier"] = totals[:, 4] / n
         out["ece"] = np.abs(d @ gap).sum(axis=1) / n
     sorted_units = _SortedUnits(score, label)
+    # Each unit's weight is its patient's draw count: one gather, already in score order.
+    sorted_cluster = cluster[sorted_units.order]
     block = max(1, _BLOCK_ELEMENTS // max(len(score), 1))
     aucs, curves = [], []
-    for start in range(0, len(d), block):
-        w = d[start : start + block][:, cluster]
-        aucs.append(_weighted_auc(sorted_units, w))
+    for start in range(0, len(d) if len(score) else 0, block):
+        pos, neg = _per_score(sorted_units, d[start : start + block][:, sorted_cluster])
+        aucs.append(_auc_from(pos, neg))
         if roc:
-            curves.append(_roc_rows(sorted_units, w))
-    out["auc"] = np.concatenate(aucs) if aucs else np.array([])
+            curves.append(_roc_from(pos, neg))
+    out["auc"] = np.concatenate(aucs) if aucs else np.full(len(d), math.nan)
     return out, (np.concatenate(curves) if roc and curves else None)
 
 
