@@ -361,7 +361,7 @@ def percentile_interval(
         return (
             None,
             None,
-            f"undefined in {len(values) - len(finite)} of {len(values)} resamples: no interval",
+            f"undefined in {len(values) - len(finite)} of {len(values)} resamples",
         )
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(finite, [tail, 100 - tail])
