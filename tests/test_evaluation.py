@@ -338,3 +338,41 @@ def test_train_demo_cross_validates_with_patient_grouped_folds(tmp_path):
     assert cv["summary"]["auc"]["min"] == min(aucs)
     assert (tmp_path / "model.pt").is_file()
     assert json.loads((tmp_path / "model_card.json").read_text())["cross_validation"] == cv
+
+
+def test_age_bands_and_evaluation_config_refuse_what_they_cannot_use(tmp_path, capsys):
+    from medspark.cli import main
+    from medspark.config import EvaluationConfig, config_from_dict
+    from medspark.errors import ConfigError
+    from medspark.inference.stats import age_band, age_in_years
+
+    edges = [18, 40, 65]
+    assert [age_band(a, edges) for a in ("017Y", "018Y", "039Y", "040Y", "065Y", "090Y")] == [
+        "<18",
+        "18-39",
+        "18-39",
+        "40-64",
+        "65+",
+        "65+",
+    ]
+    assert age_in_years("006M") == 0.5 and age_band("010D", edges) == "<18"
+    assert age_band(None, edges) is None and age_band("abcY", edges) is None
+    with pytest.raises(ConfigError, match=r"evaluation.subgroups\[1\]"):
+        config_from_dict({"evaluation": {"subgroups": ["modality", "patient_id"]}})
+    with pytest.raises(ConfigError, match="evaluation.age_bands"):
+        config_from_dict({"evaluation": {"age_bands": [40, 18]}})
+    with pytest.raises(ConfigError, match="evaluation.threshold_rule"):
+        config_from_dict({"evaluation": {"threshold_rule": "best"}})
+    assert EvaluationConfig().positive_class_of(["no_nodule", "nodule"], "m") == "nodule"
+    # A positive class the model does not have: one line, exit 2, before Spark starts.
+    conf = tmp_path / "c.yaml"
+    conf.write_text("evaluation:\n  positive_class: tumour\n")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("sop_instance_uid,frame,label\n")
+    code = main(
+        ["evaluate", "--warehouse", str(tmp_path / "wh"), "--labels", str(labels)]
+        + ["--conf", str(conf)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "evaluation.positive_class" in err
+    assert "tumour" in err and not (tmp_path / "wh").exists()
