@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="directory for model.pt and model_card.json")
     tr.add_argument("--epochs", type=int, default=12)
     tr.add_argument("--n-train", type=int, default=1600)
+    tr.add_argument(
+        "--folds",
+        type=int,
+        help="also cross-validate with K patient-grouped folds (reported in the model card)",
+    )
 
     demo = sub.add_parser("demo", help="build sample data from pydicom's files and run the flow")
     demo.add_argument(
@@ -483,21 +488,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from medspark.pipeline import evaluate
 
     check_labels(args.labels)
+    config = _load(args, str(Path(args.warehouse).absolute()))
+    # Before Spark starts: a positive class that is not the model's.
+    model = config.inference.model_config(args.model)
+    config.evaluation.positive_class_of(model.class_names, model.name)
 
     def step(spark: Any, config: Any, record: Any) -> Any:
-        rows = evaluate(spark, config, args.labels, args.model, record.run_id)
-        record.items_in = rows[0]["support"] + rows[0]["unmatched_labels"]
-        record.rows_out["model_metrics"] = len(rows)
-        return rows
+        result = evaluate(spark, config, args.labels, args.model, record.run_id)
+        overall = result.metrics[0]
+        record.items_in = overall["support"] + overall["unmatched_labels"]
+        record.rows_out["model_metrics"] = len(result.metrics)
+        record.rows_out["model_evaluation"] = len(result.evaluation)
+        record.rows_out["model_calibration"] = len(result.calibration)
+        record.rows_out["model_roc"] = len(result.roc)
+        return result
 
-    config, rows = _recorded(args, "evaluate", step)
-    overall = rows[0]
-    print(
-        f"model {overall['model']} v{overall['model_version']}: {overall['support']} labelled "
-        f"frame(s), accuracy {overall['accuracy']}, macro F1 {overall['f1']}, "
-        f"ROC AUC {overall['roc_auc']}; {overall['unmatched_labels']} label(s) without prediction"
-    )
-    print(f"table: {config.table_path('model_metrics')}")
+    config, result = _recorded(args, "evaluate", step, config)
+    for line in result.summary_lines(config):
+        print(line)
+    tables = ("model_metrics", "model_evaluation", "model_calibration", "model_roc")
+    print("tables: " + ", ".join(config.table_path(t) for t in tables))
     return 0
 
 
@@ -506,8 +516,20 @@ def cmd_train_demo(args: argparse.Namespace) -> int:
 
     from medspark.inference.train import train_demo_model
 
-    card = train_demo_model(Path(args.out), n_train=args.n_train, epochs=args.epochs)
+    if args.folds is not None and not 2 <= args.folds <= 20:
+        raise ConfigError("--folds", args.folds, "an integer from 2 to 20")
+    card = train_demo_model(
+        Path(args.out), n_train=args.n_train, epochs=args.epochs, folds=args.folds
+    )
     print(json.dumps(card["held_out_metrics"], indent=2))
+    if "cross_validation" in card:
+        cv = card["cross_validation"]
+        for name, summary in cv["summary"].items():
+            print(
+                f"cross-validation ({cv['folds']} patient-grouped folds) {name}: "
+                f"mean {summary['mean']:.4f}, sd {summary['sd']:.4f}, "
+                f"range {summary['min']:.4f}-{summary['max']:.4f}"
+            )
     print(f"model and card written to {args.out}")
     return 0
 

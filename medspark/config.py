@@ -253,6 +253,85 @@ class MetricsConfig:
     study_span_cap_hours: float = field(default=4.0, metadata=_meta(minimum=0.0, maximum=24.0))
 
 
+#: Columns ``evaluation.subgroups`` may name: ``scans`` columns that say what kind of scanner
+#: or study a frame comes from (never an identifier, nor a free-text place such as the
+#: institution), and ``patient_sex`` and ``patient_age_band`` read from the header where the
+#: de-identification keeps them (``deid.retain_patient_characteristics``).
+SUBGROUP_COLUMNS = (
+    "modality",
+    "manufacturer",
+    "manufacturer_model_name",
+    "station_name",
+    "body_part_examined",
+    "photometric_interpretation",
+    "transfer_syntax_uid",
+    "sop_class_uid",
+    "patient_sex",
+    "patient_age_band",
+)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """``medspark evaluate``: operating point, intervals, calibration, subgroups, levels.
+
+    The positive class is the class whose probability is the score (``null``: the last of the
+    model's ``class_names``, ``nodule`` for the demonstration model); every other class is
+    negative. A unit is called positive when its score is at least the threshold.
+    """
+
+    positive_class: str | None = None
+    # fixed: ``threshold``; sensitivity: the highest threshold reaching ``target_sensitivity``;
+    # youden: the one maximising sensitivity + specificity - 1 (chosen per level, on all units).
+    threshold_rule: Literal["fixed", "sensitivity", "youden"] = "fixed"
+    threshold: float = field(default=0.5, metadata=_meta(minimum=0.0, maximum=1.0))
+    target_sensitivity: float = field(default=0.9, metadata=_meta(minimum=0.0, maximum=1.0))
+    # An instance's and a patient's score from its frames' scores; positive when any frame is.
+    aggregation: Literal["max", "mean"] = "max"
+    # Patient-level bootstrap: resamples (0: no intervals), seed, confidence level.
+    bootstrap_resamples: int = field(default=1000, metadata=_meta(minimum=0, maximum=100_000))
+    seed: int = field(default=20261204, metadata=_meta(minimum=0))
+    confidence: float = field(default=0.95, metadata=_meta(minimum=0.5, maximum=0.999))
+    # Fewer patients than this in a subgroup: the figure without an interval, and a note.
+    min_patients: int = field(default=10, metadata=_meta(minimum=2))
+    calibration_bins: int = field(default=10, metadata=_meta(minimum=2, maximum=100))
+    subgroups: list[str] = field(
+        default_factory=lambda: [
+            "manufacturer",
+            "manufacturer_model_name",
+            "modality",
+            "patient_sex",
+            "patient_age_band",
+        ]
+    )
+    # Lower edges (years) of the age bands after the first: [18, 40, 65] gives <18, 18-39, ...
+    age_bands: list[int] = field(default_factory=lambda: [18, 40, 65])
+    # The joined (score, label, patient, subgroups) rows are evaluated on the driver, collected
+    # through Arrow (about 100 bytes a frame); more labelled frames than this fail with a message.
+    max_driver_frames: int = field(default=5_000_000, metadata=_meta(minimum=1))
+
+    def __post_init__(self) -> None:
+        for i, column in enumerate(self.subgroups):
+            if column not in SUBGROUP_COLUMNS:
+                raise ConfigError(f"evaluation.subgroups[{i}]", column, list(SUBGROUP_COLUMNS))
+        if self.age_bands != sorted(set(self.age_bands)) or any(a <= 0 for a in self.age_bands):
+            raise ConfigError(
+                "evaluation.age_bands", self.age_bands, "increasing positive ages in years"
+            )
+
+    def positive_class_of(self, class_names: list[str], model: str) -> str:
+        """The positive class for a model with ``class_names``; a ConfigError if not one."""
+        if self.positive_class is None:
+            return class_names[-1]
+        if self.positive_class not in class_names:
+            raise ConfigError(
+                "evaluation.positive_class",
+                self.positive_class,
+                f"one of model {model}'s classes {class_names}",
+            )
+        return self.positive_class
+
+
 @dataclass(frozen=True)
 class VolumeModelConfig:
     """A 3D segmentation model for ``medspark volumes`` (see medspark.volumes.segment).
@@ -355,6 +434,13 @@ class TablesConfig:
     predictions: str = field(default="predictions", metadata=_meta(pattern=_TABLE_NAME.pattern))
     saliency: str = field(default="saliency", metadata=_meta(pattern=_TABLE_NAME.pattern))
     model_metrics: str = field(default="model_metrics", metadata=_meta(pattern=_TABLE_NAME.pattern))
+    model_evaluation: str = field(
+        default="model_evaluation", metadata=_meta(pattern=_TABLE_NAME.pattern)
+    )
+    model_calibration: str = field(
+        default="model_calibration", metadata=_meta(pattern=_TABLE_NAME.pattern)
+    )
+    model_roc: str = field(default="model_roc", metadata=_meta(pattern=_TABLE_NAME.pattern))
     job_runs: str = field(default="job_runs", metadata=_meta(pattern=_TABLE_NAME.pattern))
     stage_metrics: str = field(default="stage_metrics", metadata=_meta(pattern=_TABLE_NAME.pattern))
     worker_metrics: str = field(
@@ -405,6 +491,7 @@ class PipelineConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     deid: DeidConfig = field(default_factory=DeidConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     volumes: VolumesConfig = field(default_factory=VolumesConfig)
     tables: TablesConfig = field(default_factory=TablesConfig)
 

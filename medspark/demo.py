@@ -63,10 +63,14 @@ STATIONS = (
 )
 
 
-def build_screening_export(target: Path, n_patients: int = 8, slices: int = 4) -> tuple[Path, Path]:
+def build_screening_export(
+    target: Path, n_patients: int = 20, slices: int = 4
+) -> tuple[Path, Path]:
     """A zip of synthetic chest-CT studies (two stations, several days) and its labels CSV.
 
-    Each patient has one study of ``slices`` slices; about half the slices show a nodule. The
+    Each patient has one study of ``slices`` slices. Every fourth patient has no nodule; in
+    the others about half the slices show one (so a patient-level evaluation has negative
+    patients too, and 20 patients, 10 per station, are enough for intervals). The
     labels CSV (``sop_instance_uid,frame,label``) uses the original SOP Instance UIDs, as a
     hospital's annotation export would; ``medspark evaluate`` maps them to pseudonyms.
     """
@@ -88,7 +92,7 @@ def build_screening_export(target: Path, n_patients: int = 8, slices: int = 4) -
             series = generate_uid(entropy_srcs=["demo-series", str(p)])
             for i in range(slices):
                 seed = 1_000_000 + p * 100 + i
-                spec = SliceSpec(nodule=bool((p + i) % 2), seed=seed)
+                spec = SliceSpec(nodule=bool(p % 4 and (p + i) % 2), seed=seed)
                 sop = generate_uid(entropy_srcs=["demo-sop", str(seed)])
                 data = ct_slice_bytes(
                     spec,
@@ -284,13 +288,16 @@ def run_demo(spark: Any, config: PipelineConfig, workdir: Path, saliency: bool =
             for n, v in zip(chest.nodules, chest.nodule_volumes_ml(), strict=True)
         )
         print(f"the synthetic chest series' nodule, as generated: {truth}")
-    overall = evaluate(spark, config, str(labels))[0]
+    evaluated = evaluate(spark, config, str(labels))
+    overall = evaluated.metrics[0]
     print(
         f"\nevaluation on the synthetic screening export ({labels.name}): "
         f"{overall['support']} labelled frame(s), accuracy {overall['accuracy']:.3f}, "
         f"ROC AUC {overall['roc_auc']:.3f}, confusion {overall['confusion_matrix']} "
         f"(rows: true {overall['class_names']})"
     )
+    for line in evaluated.summary_lines(config):
+        print(line)
     print("\nscanner_utilization (true acquisition days, counts per station):")
     _show(spark, config, "scanner_utilization").select(
         "modality", "station_name", "day", "studies", "instances", "busy_hours"

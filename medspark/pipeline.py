@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -495,19 +496,132 @@ def infer(
     )
 
 
+@dataclass
+class EvaluationResult:
+    """What ``evaluate`` wrote: ``model_metrics`` rows (the overall one first), and the rows of
+    ``model_evaluation``, ``model_calibration`` and ``model_roc``."""
+
+    metrics: list[dict[str, Any]]
+    evaluation: list[dict[str, Any]]
+    calibration: list[dict[str, Any]]
+    roc: list[dict[str, Any]]
+
+    def figure(
+        self, metric: str, level: str = "frame", subgroup: str = "all"
+    ) -> dict[str, Any] | None:
+        """The ``model_evaluation`` row of one metric, level and subgroup (None if absent)."""
+        for row in self.evaluation:
+            if (row["metric"], row["level"], row["subgroup"]) == (metric, level, subgroup):
+                return row
+        return None
+
+    def summary_lines(self, config: PipelineConfig) -> list[str]:
+        """The console summary: counts, then each level's figures with their intervals."""
+        return _evaluation_summary(self, config)
+
+
+def _interval(row: dict[str, Any] | None) -> str:
+    """``0.912 [0.871, 0.946]``, or the value and why there is no interval."""
+    if row is None:
+        return "-"
+    if row["value"] is None:
+        return f"n/a ({row['note']})"
+    if row["ci_low"] is None:
+        return f"{row['value']:.3f} (no interval: {row['note']})"
+    return f"{row['value']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+
+
+def _evaluation_summary(result: EvaluationResult, config: PipelineConfig) -> list[str]:
+    """The console lines of ``evaluate``: counts, then each level's figures with intervals."""
+    overall = result.metrics[0]
+    counts = {
+        r["metric"]: int(r["value"])
+        for r in result.evaluation
+        if r["note"] and r["note"].startswith("a count")
+    }
+    ev = config.evaluation
+    lines = [
+        f"model {overall['model']} v{overall['model_version']}: {overall['support']} labelled "
+        f"frame(s) with a prediction; {counts.get('labels_without_prediction', 0)} label(s) "
+        f"without prediction, {counts.get('predictions_without_label', 0)} prediction(s) "
+        f"without label, {counts.get('frames_without_patient', 0)} frame(s) without a patient",
+        f"{int(ev.confidence * 100)} % intervals: patient bootstrap, {ev.bootstrap_resamples} "
+        f"resamples, seed {ev.seed}; threshold rule {ev.threshold_rule}",
+    ]
+    for level in ("frame", "instance", "patient"):
+        auc = result.figure("auc", level)
+        if auc is None:
+            continue
+        threshold = result.figure("sensitivity", level)["threshold"]
+        lines.append(
+            f"  {level:<8} n={auc['n']} ({auc['n_positive']} positive, "
+            f"{auc['n_patients']} patients), threshold {threshold:.3f}"
+        )
+        for metric in ("auc", "sensitivity", "specificity", "ppv", "npv", "accuracy"):
+            lines.append(f"    {metric:<12} {_interval(result.figure(metric, level))}")
+        lines.append(
+            f"    {'brier':<12} {_interval(result.figure('brier', level))}   "
+            f"ece {_interval(result.figure('ece', level))}"
+        )
+    subgroups = sorted({r["subgroup"] for r in result.evaluation} - {"all"})
+    if subgroups:
+        lines.append(f"  subgroups (model_evaluation): {', '.join(subgroups)}")
+    return lines
+
+
+def evaluation_settings(config: PipelineConfig) -> Any:
+    """:class:`medspark.inference.stats.EvaluationSettings` from the ``evaluation`` section."""
+    from medspark.inference.stats import BootstrapSpec, EvaluationSettings
+
+    ev = config.evaluation
+    return EvaluationSettings(
+        threshold_rule=ev.threshold_rule,
+        threshold=ev.threshold,
+        target_sensitivity=ev.target_sensitivity,
+        aggregation=ev.aggregation,
+        subgroups=tuple(ev.subgroups),
+        spec=BootstrapSpec(
+            n_resamples=ev.bootstrap_resamples,
+            seed=ev.seed,
+            confidence=ev.confidence,
+            min_patients=ev.min_patients,
+            calibration_bins=ev.calibration_bins,
+        ),
+    )
+
+
 def evaluate(
     spark: Any,
     config: PipelineConfig,
     labels_source: str,
     model_name: str | None = None,
     run_id: str | None = None,
-) -> list[dict[str, Any]]:
-    """Compare ``predictions`` of one model version with labels; write ``model_metrics``."""
-    from medspark.inference.evaluate import evaluate_predictions, read_labels
-    from medspark.tables.schemas import MODEL_METRICS
+) -> EvaluationResult:
+    """Compare ``predictions`` of one model version with labels; write ``model_metrics``,
+    ``model_evaluation``, ``model_calibration`` and ``model_roc``."""
+    import logging
 
+    from delta.tables import DeltaTable
+
+    from medspark.inference.evaluate import (
+        collect_columns,
+        evaluate_predictions,
+        evaluation_frames,
+        read_labels,
+    )
+    from medspark.inference.stats import age_band, evaluate_frames
+    from medspark.tables.schemas import (
+        MODEL_CALIBRATION,
+        MODEL_EVALUATION,
+        MODEL_METRICS,
+        MODEL_ROC,
+    )
+
+    log = logging.getLogger(__name__)
     run_id = run_id or new_run_id()
     model = config.inference.model_config(model_name)
+    ev = config.evaluation
+    positive_class = ev.positive_class_of(model.class_names, model.name)
     predictions = (
         spark.read.format("delta")
         .load(config.table_path("predictions"))
@@ -527,24 +641,104 @@ def evaluate(
         labels = labels.withColumn(
             "sop_instance_uid", F.udf(pseudonym, StringType(), useArrow=False)("sop_instance_uid")
         )
-    rows = evaluate_predictions(predictions, labels, model.class_names)
+    labels = labels.persist()
+    try:
+        rows = evaluate_predictions(predictions, labels, model.class_names)
+        scans_path = config.table_path("scans")
+        scans = (
+            spark.read.format("delta").load(scans_path)
+            if DeltaTable.isDeltaTable(spark, scans_path)
+            else None
+        )
+        frames, unmatched = evaluation_frames(
+            predictions,
+            labels,
+            scans,
+            model.class_names.index(positive_class),
+            positive_class,
+            list(ev.subgroups),
+        )
+        columns = collect_columns(frames, ev.max_driver_frames)
+        counts = {name: df.count() for name, df in unmatched.items()}
+    finally:
+        labels.unpersist()
+    if "patient_age_band" in ev.subgroups:
+        columns["patient_age_band"] = np.array(
+            [age_band(a, ev.age_bands) for a in columns["patient_age"]], dtype=object
+        )
+    for column in ev.subgroups:
+        if not any(v is not None for v in columns[column]):
+            log.info(
+                "evaluate: no subgroup %s (the column is empty after de-identification)", column
+            )
+    counts["frames_without_patient"] = int(sum(p is None for p in columns["patient"]))
+    figures = evaluate_frames(columns, evaluation_settings(config))
+    now = datetime.now(timezone.utc)
+    stamp = {"run_id": run_id, "model": model.name, "model_version": model.version}
     full = [
         {
             **{f.name: None for f in MODEL_METRICS.fields},
             **r,
-            "run_id": run_id,
-            "model": model.name,
-            "model_version": model.version,
+            **stamp,
             "labels_source": labels_source,
-            "evaluated_at": datetime.now(timezone.utc),
+            "evaluated_at": now,
         }
         for r in rows
     ]
-    df = spark.createDataFrame(
-        [tuple(r[f.name] for f in MODEL_METRICS.fields) for r in full], MODEL_METRICS
+    common = {
+        **stamp,
+        "confidence": ev.confidence,
+        "threshold_rule": ev.threshold_rule,
+        "positive_class": positive_class,
+        "resamples": ev.bootstrap_resamples,
+        "seed": ev.seed,
+        "labels_source": labels_source,
+        "evaluated_at": now,
+    }
+    threshold_notes = {t["level"]: t["note"] for t in figures["thresholds"]}
+    evaluation = [
+        {
+            **common,
+            **r,
+            "note": "; ".join(
+                n for n in (r["note"], threshold_notes[r["level"]] if r["threshold"] else None) if n
+            )
+            or None,
+        }
+        for r in figures["metrics"]
+    ]
+    n_frames = len(columns["score"])
+    evaluation += [
+        {
+            **common,
+            "level": "frame",
+            "subgroup": "all",
+            "metric": name,
+            "value": float(count),
+            "n": n_frames,
+            "n_positive": int(columns["positive"].sum()),
+            "n_patients": len({p for p in columns["patient"] if p is not None}),
+            "confidence": None,
+            "note": "a count, not a figure: rows that could not be evaluated",
+        }
+        for name, count in counts.items()
+    ]
+    calibration = [{**stamp, **r, "evaluated_at": now} for r in figures["calibration"]]
+    roc = [{**stamp, **r, "evaluated_at": now} for r in figures["roc"]]
+
+    def write(table: str, schema: Any, data: list[dict[str, Any]]) -> Any:
+        rows = [tuple(r.get(f.name) for f in schema.fields) for r in data]
+        df = spark.createDataFrame(rows, schema)
+        return lambda: merge_into(spark, df, config.table_path(table), table)
+
+    # Four small tables: their commits overlap (mostly driver work), each one atomic.
+    concurrently(
+        write("model_metrics", MODEL_METRICS, full),
+        write("model_evaluation", MODEL_EVALUATION, evaluation),
+        write("model_calibration", MODEL_CALIBRATION, calibration),
+        write("model_roc", MODEL_ROC, roc),
     )
-    merge_into(spark, df, config.table_path("model_metrics"), "model_metrics")
-    return full
+    return EvaluationResult(full, evaluation, calibration, roc)
 
 
 @dataclass

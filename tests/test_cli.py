@@ -37,6 +37,8 @@ def test_unknown_model_exits_2_before_spark(tmp_path, capsys):
         (["run", "{tmp}", "--warehouse", "{tmp}/wh", "--master", "local[abc]"], "local[abc]"),
         (["ingest", "{tmp}", "--warehouse", "{tmp}/file.txt"], "file.txt"),
         (["waveforms", "--warehouse", "{tmp}/file.txt"], "file.txt"),
+        (["evaluate", "--warehouse", "{tmp}/wh", "--labels", "{tmp}/no-labels.csv"], "no-labels"),
+        (["train-demo", "--out", "{tmp}/wh", "--folds", "1"], "--folds"),
     ],
 )
 def test_bad_invocation_exits_2_before_spark(tmp_path, capsys, argv, named):

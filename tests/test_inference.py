@@ -168,7 +168,7 @@ def test_infer_is_idempotent_and_evaluate_writes_metrics(spark, tmp_path, pseudo
         + "".join(f"{u},0,{t}\n" for u, t in zip(originals, truth, strict=True))
         + "1.2.840.99.404,0,nodule\n"  # a label without prediction
     )
-    rows = evaluate(spark, config, str(labels))
+    rows = evaluate(spark, config, str(labels)).metrics
     overall = rows[0]
     assert overall["class_name"] is None
     assert overall["support"] == 6 and overall["unmatched_labels"] == 1

@@ -116,14 +116,18 @@ def test_notebook_runs_on_demo_warehouse(demo_warehouse, tmp_path, monkeypatch):
     outputs = _outputs(nb)
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.data]
-    # modality by day, busy hours, labels, throughput, two contact sheets, 12 leads, heart rates
-    assert len(images) >= 8, f"expected at least 8 plots, got {len(images)}"
+    # modality by day, busy hours, labels, throughput, two contact sheets, 12 leads, heart rates,
+    # ROC + reliability, AUC per subgroup
+    assert len(images) >= 10, f"expected at least 10 plots, got {len(images)}"
     text = _text(nb)
     assert "nothing to plot" not in text
     assert "no saliency table" not in text  # the demo computes saliency: overlays are shown
     assert "Top-scoring positives: 12 frame(s), 12 with a saliency overlay" in text
     assert "Most uncertain frames (lowest score of the predicted label): 12 frame(s), 12 " in text
     assert "temporary views:" in text and "scanner_utilization" in text
+    # the demo's 20 patients over two scanner models: every subgroup has 10, enough for intervals
+    assert "evaluation run " in text and "model medspark-nodule-demo v1" in text
+    assert "of them without an interval" in text
 
 
 @pytest.mark.spark
@@ -142,3 +146,4 @@ def test_notebook_skips_missing_tables(demo_warehouse, tmp_path, monkeypatch):
     assert "nothing to plot: predictions or images is missing or empty" in text
     assert "nothing to plot: waveforms is missing or empty" in text
     assert "nothing to plot: ecg_metrics is missing or empty" in text
+    assert "nothing to plot: model_evaluation is missing or empty" in text

@@ -1,8 +1,18 @@
-"""Evaluating predictions against labels: accuracy, per-class precision/recall/F1, ROC AUC.
+"""Evaluating predictions against labels.
 
-Everything that grows with the data stays in Spark: the join, the confusion counts (a k x k
-aggregate) and the ROC AUC (Spark ML's BinaryClassificationEvaluator, one-vs-rest per class).
-Only the k x k matrix and k AUC values reach the driver.
+``model_metrics`` (accuracy, per-class precision/recall/F1, ROC AUC): everything that grows
+with the data stays in Spark: the join, the confusion counts (a k x k aggregate) and the ROC AUC
+(Spark ML's BinaryClassificationEvaluator, one-vs-rest per class). Only the k x k matrix and k
+AUC values reach the driver.
+
+``model_evaluation``, ``model_calibration``, ``model_roc`` (intervals, operating point,
+calibration, subgroups, levels): Spark joins labels, predictions and ``scans`` and selects the
+few columns the statistics need (score, label, instance, patient, subgroup columns: about 100
+bytes a frame); they reach the driver through Arrow and :mod:`medspark.inference.stats`
+bootstraps them in numpy. A patient bootstrap needs all frames of a patient together and
+resamples the patients a thousand times: on the driver that is a matrix product over patients
+(100,000 frames, 1,000 resamples: seconds, bench/README.md), where Spark would shuffle the
+data once per resample. ``evaluation.max_driver_frames`` bounds what is collected.
 """
 
 from __future__ import annotations
@@ -12,7 +22,13 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from medspark.errors import ConfigError
+from medspark.errors import ConfigError, MedsparkError
+
+#: DICOM JSON paths of Patient's Sex (0010,0040) and Patient's Age (0010,1010) in
+#: ``scans.header_json``: present only where the de-identification keeps them
+#: (``deid.retain_patient_characteristics``).
+_SEX_PATH = "$['00100040'].Value[0]"
+_AGE_PATH = "$['00101010'].Value[0]"
 
 
 def read_labels(spark: Any, source: str) -> DataFrame:
@@ -31,11 +47,45 @@ def read_labels(spark: Any, source: str) -> DataFrame:
             f"a CSV or Delta table with columns sop_instance_uid, frame, label "
             f"(missing: {', '.join(sorted(missing))})",
         )
-    return df.select(
+    typed = df.select(
         F.col("sop_instance_uid").cast("string"),
-        F.col("frame").cast("int"),
+        # try_cast: a frame that is not a number becomes null and is reported below (a plain
+        # cast fails the job under ANSI mode with a Java trace).
+        F.col("frame").try_cast("int").alias("frame"),
         F.col("label").cast("string").alias("true_label"),
+        F.col("frame").cast("string").alias("_frame_text"),
     )
+    bad = typed.where(
+        F.col("sop_instance_uid").isNull()
+        | F.col("frame").isNull()
+        | (F.col("frame") < 0)
+        | F.col("true_label").isNull()
+    )
+    first = bad.limit(1).collect()
+    if first:
+        row = first[0]
+        raise ConfigError(
+            "--labels",
+            source,
+            f"a sop_instance_uid, a frame number (0 or more) and a label on every row "
+            f"({bad.count()} row(s) without, first: {row['sop_instance_uid']!r}, "
+            f"frame {row['_frame_text']!r}, label {row['true_label']!r})",
+        )
+    conflicting = (
+        typed.groupBy("sop_instance_uid", "frame")
+        .agg(F.countDistinct("true_label").alias("labels"))
+        .where(F.col("labels") > 1)
+    )
+    clash = conflicting.limit(1).collect()
+    if clash:
+        raise ConfigError(
+            "--labels",
+            source,
+            f"one label per frame ({conflicting.count()} frame(s) with different labels, "
+            f"first: {clash[0]['sop_instance_uid']} frame {clash[0]['frame']})",
+        )
+    # The same label twice for a frame is one label.
+    return typed.drop("_frame_text").dropDuplicates(["sop_instance_uid", "frame"])
 
 
 def evaluate_predictions(
@@ -124,3 +174,81 @@ def evaluate_predictions(
         "unmatched_labels": unmatched,
     }
     return [overall, *rows]
+
+
+def evaluation_frames(
+    predictions: DataFrame,
+    labels: DataFrame,
+    scans: DataFrame | None,
+    positive_index: int,
+    positive_class: str,
+    subgroups: list[str],
+) -> tuple[DataFrame, dict[str, DataFrame]]:
+    """The rows the statistics need, one per labelled frame with a prediction, and the rows
+    that could not be evaluated, for counting.
+
+    Columns: ``score`` (the positive class's probability), ``positive``, ``sop_instance_uid``,
+    ``patient`` (``scans.patient_id``, pseudonymous; null without a scans row) and one column
+    per subgroup (``patient_sex`` and ``patient_age`` from the header, the raw AS value).
+    """
+    keys = ["sop_instance_uid", "frame"]
+    scored = predictions.select(
+        *keys, F.element_at("probabilities", positive_index + 1).cast("double").alias("score")
+    )
+    joined = labels.join(scored, keys, "inner")
+    wanted = [c for c in subgroups if c not in ("patient_sex", "patient_age_band")]
+    if scans is not None:
+        info = scans.select(
+            "sop_instance_uid",
+            F.col("patient_id").alias("patient"),
+            *wanted,
+            F.get_json_object("header_json", _SEX_PATH).alias("patient_sex"),
+            F.get_json_object("header_json", _AGE_PATH).alias("patient_age"),
+        )
+        joined = joined.join(info, "sop_instance_uid", "left")
+    else:
+        joined = joined.select(
+            "*",
+            F.lit(None).cast("string").alias("patient"),
+            *[F.lit(None).cast("string").alias(c) for c in wanted],
+            F.lit(None).cast("string").alias("patient_sex"),
+            F.lit(None).cast("string").alias("patient_age"),
+        )
+    frames = joined.select(
+        "score",
+        (F.col("true_label") == positive_class).alias("positive"),
+        "sop_instance_uid",
+        "patient",
+        *wanted,
+        "patient_sex",
+        "patient_age",
+    )
+    unmatched = {
+        "labels_without_prediction": labels.join(scored, keys, "left_anti"),
+        "predictions_without_label": scored.join(labels, keys, "left_anti"),
+    }
+    return frames, unmatched
+
+
+def collect_columns(frames: DataFrame, limit: int) -> dict[str, Any]:
+    """``frames`` on the driver as numpy arrays (through Arrow); a clear error above ``limit``
+    rows (``evaluation.max_driver_frames``)."""
+    import numpy as np
+
+    table = frames.limit(limit + 1).toArrow()
+    if table.num_rows > limit:
+        raise MedsparkError(
+            f"more than {limit} labelled frames to evaluate: above evaluation.max_driver_frames "
+            f"({limit}), the bound on what is collected to the driver (about 100 bytes a frame); "
+            "raise it with spark.driver_memory to match, or evaluate a subset of the labels"
+        )
+    out: dict[str, Any] = {}
+    for name in table.column_names:
+        column = table.column(name)
+        if name == "score":
+            out[name] = column.to_numpy(zero_copy_only=False).astype(np.float64)
+        elif name == "positive":
+            out[name] = column.to_numpy(zero_copy_only=False).astype(bool)
+        else:
+            out[name] = np.asarray(column.to_pylist(), dtype=object)
+    return out

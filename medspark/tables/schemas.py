@@ -807,6 +807,88 @@ SERIES_ERRORS = StructType(
     + [_f("recorded_at", TimestampType(), False, "when this row was written (UTC)")]
 )
 
+_EVALUATION_KEY: list[StructField] = [
+    _f("run_id", StringType(), False, "the evaluation run (as in model_metrics)"),
+    _f("model", StringType(), False),
+    _f("model_version", StringType(), False),
+    _f(
+        "level",
+        StringType(),
+        False,
+        "frame, instance or patient (an instance or patient is positive when any of its frames "
+        "is; its score is the max or mean of its frames', evaluation.aggregation)",
+    ),
+]
+
+#: ``model_evaluation``: one row per evaluation run x model version x level x subgroup x metric.
+MODEL_EVALUATION = StructType(
+    _EVALUATION_KEY
+    + [
+        _f(
+            "subgroup",
+            StringType(),
+            False,
+            "all, or column=value (a scans column or patient_sex / patient_age_band)",
+        ),
+        _f(
+            "metric",
+            StringType(),
+            False,
+            "auc, sensitivity, specificity, ppv, npv, accuracy, brier, ece; at level frame, "
+            "subgroup all also the counts labels_without_prediction, predictions_without_label "
+            "and frames_without_patient (value: the count)",
+        ),
+        _f("value", DoubleType(), True, "the figure on all units; null when not computable"),
+        _f("ci_low", DoubleType(), True, "lower end of the bootstrap interval; null: see note"),
+        _f("ci_high", DoubleType(), True, "upper end of the bootstrap interval; null: see note"),
+        _f("confidence", DoubleType(), True, "of the interval (evaluation.confidence)"),
+        _f("note", StringType(), True, "why a value or interval is null (too few patients, ...)"),
+        _f("n", LongType(), False, "units (frames, instances or patients) evaluated"),
+        _f("n_positive", LongType(), False, "positive units among them"),
+        _f("n_patients", LongType(), False, "patients among them: the bootstrap's unit"),
+        _f(
+            "threshold",
+            DoubleType(),
+            True,
+            "operating threshold (positive when score >= threshold) of sensitivity, "
+            "specificity, ppv, npv, accuracy; null for the others",
+        ),
+        _f("threshold_rule", StringType(), True, "fixed, sensitivity or youden"),
+        _f("positive_class", StringType(), False, "the class whose probability is the score"),
+        _f("resamples", LongType(), False, "bootstrap resamples of patients (0: no intervals)"),
+        _f("seed", LongType(), False, "the bootstrap's seed"),
+        _f("labels_source", StringType(), True, "the labels file or table evaluated against"),
+        _f("evaluated_at", TimestampType(), False, "when this row was written (UTC)"),
+    ]
+)
+
+#: ``model_calibration``: the reliability curve, per run x model version x level x bin.
+MODEL_CALIBRATION = StructType(
+    _EVALUATION_KEY
+    + [
+        _f("bin", IntegerType(), False, "0-based equal-width bin of the score; empty bins absent"),
+        _f("bin_low", DoubleType(), False, "lower edge (excluded, but 0 is in the first bin)"),
+        _f("bin_high", DoubleType(), False, "upper edge (included)"),
+        _f("mean_predicted", DoubleType(), False, "mean score of the units in the bin"),
+        _f("observed_rate", DoubleType(), False, "share of positive units in the bin"),
+        _f("n", LongType(), False, "units in the bin"),
+        _f("evaluated_at", TimestampType(), False, "when this row was written (UTC)"),
+    ]
+)
+
+#: ``model_roc``: the ROC curve and its band, per run x model version x level x grid point.
+MODEL_ROC = StructType(
+    _EVALUATION_KEY
+    + [
+        _f("point", IntegerType(), False, "0..100: the false positive rate is point / 100"),
+        _f("fpr", DoubleType(), False, "false positive rate (1 - specificity)"),
+        _f("tpr", DoubleType(), False, "true positive rate (sensitivity) at that rate"),
+        _f("tpr_low", DoubleType(), True, "lower end of its bootstrap interval (pointwise)"),
+        _f("tpr_high", DoubleType(), True, "upper end of its bootstrap interval (pointwise)"),
+        _f("evaluated_at", TimestampType(), False, "when this row was written (UTC)"),
+    ]
+)
+
 #: Table name (config key under ``tables``) -> (schema, merge key columns).
 TABLES: dict[str, tuple[StructType, tuple[str, ...]]] = {
     "scans": (SCANS, ("sop_instance_uid",)),
@@ -816,6 +898,12 @@ TABLES: dict[str, tuple[StructType, tuple[str, ...]]] = {
     "predictions": (PREDICTIONS, ("sop_instance_uid", "frame", "model", "model_version")),
     "saliency": (SALIENCY, ("sop_instance_uid", "frame", "model", "model_version")),
     "model_metrics": (MODEL_METRICS, ("run_id", "model", "model_version", "class_name")),
+    "model_evaluation": (
+        MODEL_EVALUATION,
+        ("run_id", "model", "model_version", "level", "subgroup", "metric"),
+    ),
+    "model_calibration": (MODEL_CALIBRATION, ("run_id", "model", "model_version", "level", "bin")),
+    "model_roc": (MODEL_ROC, ("run_id", "model", "model_version", "level", "point")),
     "restricted_phi_map": (RESTRICTED_PHI_MAP, ("kind", "original")),
     "job_runs": (JOB_RUNS, ("run_id",)),
     "stage_metrics": (STAGE_METRICS, ("run_id", "stage_id", "attempt_id")),
