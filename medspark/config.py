@@ -190,14 +190,35 @@ class InferenceConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # Torch threads per Python worker (0 = torch's default); on CPU, cores / tasks per core.
     torch_threads: int = field(default=0, metadata=_meta(minimum=0))
-    # Grad-CAM per prediction into the saliency table; costs a backward pass, and the model
-    # needs features/head methods (medspark.inference.saliency, docs/inference.md).
+    # A saliency map per prediction into the saliency table (medspark.inference.saliency,
+    # docs/inference.md).
     saliency: bool = False
+    # auto: Grad-CAM when the model has features/head methods, else occlusion sensitivity;
+    # gradcam (a backward pass; needs the two methods); occlusion (any model; one forward
+    # pass per patch position: ceil(rows / stride) x ceil(cols / stride) per frame).
+    saliency_method: Literal["auto", "gradcam", "occlusion"] = "auto"
+    # Occlusion: side of the square hidden (tensor pixels), and the step between positions.
+    occlusion_patch: int = field(default=16, metadata=_meta(minimum=1, maximum=4096))
+    occlusion_stride: int = field(default=16, metadata=_meta(minimum=1, maximum=4096))
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]
         if self.model not in names:
             raise ConfigError("inference.model", self.model, names)
+        if self.occlusion_stride > self.occlusion_patch:
+            raise ConfigError(
+                "inference.occlusion_stride",
+                self.occlusion_stride,
+                f"an integer from 1 to occlusion_patch ({self.occlusion_patch}): a larger "
+                "step would leave pixels that no patch hides",
+            )
+        smallest = min(min(m.input_size) for m in self.models)
+        if self.occlusion_patch > smallest:
+            raise ConfigError(
+                "inference.occlusion_patch",
+                self.occlusion_patch,
+                f"an integer from 1 to {smallest} (the smallest model input side)",
+            )
 
     def model_config(self, name: str | None = None) -> ModelConfig:
         """The entry of ``models`` called ``name`` (default: ``model``)."""
