@@ -325,6 +325,11 @@ class VolumesConfig:
     target_spacing: list[float] | None = None
     intensity_range: list[float] | None = None
     spatial_size: list[int] | None = None
+    # A series with missing slices (verdict missing_slices): flag leaves it out of the
+    # volumes; interpolate fills runs of at most max_interpolated consecutive missing slices
+    # by linear interpolation along the slice normal (longer gaps stay flagged).
+    missing_slices: Literal["flag", "interpolate"] = "flag"
+    max_interpolated: int = field(default=2, metadata=_meta(minimum=1, maximum=64))
     model: VolumeModelConfig | None = None
     # With a model: each segmented series also becomes a DICOM Segmentation file (highdicom)
     # under <warehouse>/segmentations, its path in series_segments.seg_path.
@@ -332,6 +337,10 @@ class VolumesConfig:
     # medspark run also runs volumes (series of this run's scans, with volumes.model) after
     # its one pass; false: only medspark volumes does.
     in_run: bool = False
+
+    def fill_limit(self) -> int:
+        """The longest gap filled: ``max_interpolated`` with ``interpolate``, else 0."""
+        return self.max_interpolated if self.missing_slices == "interpolate" else 0
 
     def __post_init__(self) -> None:
         if self.orientation is not None:

@@ -718,6 +718,14 @@ SERIES_SUMMARY = StructType(
             "duplicate_positions, gantry_tilt, missing_slices, varying_spacing",
         ),
         _f("verdict_detail", StringType(), True, "what failed and where; null when regular"),
+        _f(
+            "interpolated_slices",
+            LongType(),
+            True,
+            "missing slices the volume step fills by linear interpolation along the normal "
+            "(verdict missing_slices, volumes.missing_slices interpolate, no gap longer than "
+            "volumes.max_interpolated); 0 otherwise",
+        ),
     ]
 )
 
