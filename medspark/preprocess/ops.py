@@ -652,8 +652,9 @@ def fourier(
     mirrored across its borders: the mirrored frame has no jump where one border meets the
     opposite one, so the filter adds no artefact at the edges (a plain FFT treats the frame
     as periodic and smears the top row into the bottom one). Colour frames are filtered per
-    channel. Cost: about one 2-D FFT of the frame each way (OpenCV's DCT for even sizes,
-    SciPy's for odd ones); bench/README.md has the figure beside ``median_blur``.
+    channel. Cost: about one 2-D FFT of the frame each way (OpenCV's DCT for even sizes; odd
+    sizes take numpy's FFT of the mirrored frame, four times the data); bench/README.md has
+    the figure beside ``median_blur``.
     """
     gain = fourier_response(image.shape[0], image.shape[1], mode, low, high, order)
     data = image.astype(np.float32, copy=False)
@@ -664,10 +665,18 @@ def fourier(
 
 
 def _dct_filter(plane: np.ndarray, gain: np.ndarray) -> np.ndarray:
-    """``IDCT(gain * DCT(plane))`` of one float32 plane (orthonormal DCT-II pair)."""
-    if plane.shape[0] % 2 == 0 and plane.shape[1] % 2 == 0:
-        return cv2.idct(cv2.dct(plane) * gain)  # OpenCV's DCT takes even sizes only
-    from scipy import fft
+    """``IDCT(gain * DCT(plane))`` of one float32 plane (orthonormal DCT-II pair).
 
-    coeffs = fft.dctn(plane.astype(np.float64), type=2, norm="ortho")
-    return fft.idctn(coeffs * gain, type=2, norm="ortho").astype(np.float32)
+    OpenCV's DCT takes even sizes only; an odd-sized plane goes the long way, which is the same
+    filter: numpy's real FFT of the plane mirrored to 2H x 2W, the gain of DCT coefficient k at
+    FFT bins k and 2N - k, inverse, crop (about four times the work)."""
+    h, w = plane.shape
+    if h % 2 == 0 and w % 2 == 0:
+        return cv2.idct(cv2.dct(plane) * gain)
+    mirrored = np.pad(plane.astype(np.float64), ((0, h), (0, w)), mode="symmetric")
+    # Bin 2N - k has the frequency of bin k; bins N carry nothing for a mirrored signal.
+    ky = np.arange(2 * h)
+    rows = np.minimum(np.minimum(ky, 2 * h - ky), h - 1)
+    cols = np.minimum(np.arange(w + 1), w - 1)
+    spectrum = np.fft.rfft2(mirrored) * gain[np.ix_(rows, cols)]
+    return np.fft.irfft2(spectrum, s=(2 * h, 2 * w))[:h, :w].astype(np.float32)
