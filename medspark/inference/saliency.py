@@ -160,8 +160,9 @@ def occlusion(
     """Occlusion sensitivity maps (N, ceil(H / stride), ceil(W / stride)) float32 on ``x``'s
     device, for class ``target[i]`` of row i; any model that maps ``x`` to logits.
 
-    Zeiler & Fergus (2014): a ``patch`` x ``patch`` square of the input is set to 0 (black in
-    the demo model's scaling; for CT, air) at every ``stride`` pixels, and each occluded copy
+    Zeiler & Fergus (2014): a ``patch`` x ``patch`` square of the model's input is set to 0
+    (black under the demo model's scaling, (x - 0) / 255: for a CT frame, air; the mean grey
+    under a scaling that centres the input) at every ``stride`` pixels, and each occluded copy
     goes through the model. A patch's value is how much it lowers the class's log-probability
     (log-softmax of the logits) when hidden: the evidence it held. Cell ``(a, b)`` of the map
     (the input's ``stride`` x ``stride`` square at ``(a * stride, b * stride)``) is the mean
