@@ -21,7 +21,11 @@ and without a nodule) preprocessed by the pipeline's own ``process_item`` (tenso
 frame size), repeated to ``--n`` rows. Variants ``direct`` / ``direct_saliency`` (one process:
 forward, then Grad-CAM + overlay PNG + boxes for the same batch) and ``spark`` /
 ``spark_saliency`` (``predict_frames`` with saliency off / on, warm workers, ``noop`` sink),
-alternated run by run so that a change of machine load hits both.
+alternated run by run so that a change of machine load hits both. ``direct_saliency`` is
+Grad-CAM (the demo model has ``features``/``head``); ``direct_occlusion`` is the same with
+``inference.saliency_method: occlusion`` (``--occlusion-patch``, ``--occlusion-stride``, default
+16 / 16), in the same rounds on the first ``--occlusion-n`` rows only (default 64: it costs a
+forward pass per patch position), so its figure is compared per frame: the table's ``ms/frame``.
 """
 
 from __future__ import annotations
@@ -57,17 +61,32 @@ def direct(tensors: list[bytes], batch_size: int) -> float:
     return time.perf_counter() - t0
 
 
-def direct_saliency(rows: list[tuple[bytes, bytes, int, int]], batch_size: int) -> float:
-    """``direct`` plus the saliency fields of every row, as the executors compute them."""
+def direct_saliency(
+    rows: list[tuple[bytes, bytes, int, int]],
+    batch_size: int,
+    method: str = "auto",
+    patch: int = 16,
+    stride: int = 16,
+) -> float:
+    """``direct`` plus the saliency fields of every row, as the executors compute them
+    (``method``: ``inference.saliency_method``)."""
     import torch
 
     from medspark.config import ModelConfig
     from medspark.inference.model import load_model
-    from medspark.inference.predict import CPU_CHUNK, decode_batch, saliency_columns
+    from medspark.inference.predict import (
+        CPU_CHUNK,
+        PredictSettings,
+        decode_batch,
+        saliency_columns,
+    )
 
     cfg = ModelConfig()
     model = load_model(cfg)
     names = np.array(cfg.class_names, dtype=object)
+    settings = PredictSettings(
+        cfg, saliency=True, saliency_method=method, occlusion_patch=patch, occlusion_stride=stride
+    )
     t0 = time.perf_counter()
     for start in range(0, len(rows), batch_size):
         part = rows[start : start + batch_size]
@@ -80,7 +99,9 @@ def direct_saliency(rows: list[tuple[bytes, bytes, int, int]], batch_size: int) 
         beside = [np.empty(len(part), dtype=object) for _ in range(3)]
         for i in range(3):
             beside[i][:] = [r[i + 1] for r in part]
-        saliency_columns(model, x, probs.argmax(1), names, tuple(beside), cfg, 128, CPU_CHUNK)
+        saliency_columns(
+            model, x, probs.argmax(1), names, tuple(beside), cfg, 128, CPU_CHUNK, settings
+        )
     return time.perf_counter() - t0
 
 
@@ -113,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--saliency", action="store_true", help="measure inference.saliency against without"
     )
+    parser.add_argument("--occlusion-n", type=int, default=64, help="rows for direct_occlusion")
+    parser.add_argument("--occlusion-patch", type=int, default=16)
+    parser.add_argument("--occlusion-stride", type=int, default=16)
     args = parser.parse_args(argv)
 
     rows: list[dict[str, Any]] = []
@@ -121,12 +145,25 @@ def main(argv: list[str] | None = None) -> int:
         tensors = [r[0] for r in inputs]
         direct(tensors[: args.batch_size], args.batch_size)  # warm-up
         direct_saliency(inputs[: args.batch_size], args.batch_size)
-        plain, salient = [], []
-        for _ in range(args.repeat):  # alternated: a change of load hits both
+        occluded = inputs[: args.occlusion_n]
+        patch, stride = args.occlusion_patch, args.occlusion_stride
+        direct_saliency(occluded[:2], args.batch_size, "occlusion", patch, stride)
+        plain, salient, occlusion = [], [], []
+        for _ in range(args.repeat):  # alternated: a change of load hits all three
             plain.append(direct(tensors, args.batch_size))
             salient.append(direct_saliency(inputs, args.batch_size))
-        rows.append({"variant": "direct", "runs": plain})
-        rows.append({"variant": "direct_saliency", "runs": salient})
+            occlusion.append(direct_saliency(occluded, args.batch_size, "occlusion", patch, stride))
+        rows.append({"variant": "direct", "runs": plain, "n": args.n})
+        rows.append({"variant": "direct_saliency", "runs": salient, "n": args.n})
+        rows.append(
+            {
+                "variant": "direct_occlusion",
+                "runs": occlusion,
+                "n": len(occluded),
+                "patch": patch,
+                "stride": stride,
+            }
+        )
     else:
         rng = np.random.default_rng(0)
         tensors = [
@@ -198,20 +235,35 @@ def main(argv: list[str] | None = None) -> int:
         f"N={args.n} batch_size={args.batch_size} arrow batch={arrow_batch} cores={cores} "
         "(seconds = best run)"
     )
-    print(f"{'variant':<12} {'seconds':>8} {'images/s':>9} {'x direct':>9}  runs (s)")
+    print(
+        f"{'variant':<16} {'rows':>5} {'seconds':>8} {'images/s':>9} {'ms/frame':>9} "
+        f"{'x direct':>9}  runs (s)"
+    )
     for row in rows:
         best = min(row["runs"])
-        row.update(seconds=best, images_per_s=args.n / best, ratio=args.n / best / reference)
+        n = row.setdefault("n", args.n)
+        row.update(
+            seconds=best,
+            images_per_s=n / best,
+            ms_per_frame=best * 1000 / n,
+            ratio=n / best / reference,
+        )
         runs = ", ".join(f"{r:.2f}" for r in row["runs"])
         print(
-            f"{row['variant']:<12} {best:>8.2f} {row['images_per_s']:>9.1f} "
-            f"{row['ratio']:>9.2f}  {runs}"
+            f"{row['variant']:<16} {n:>5} {best:>8.2f} {row['images_per_s']:>9.1f} "
+            f"{row['ms_per_frame']:>9.2f} {row['ratio']:>9.2f}  {runs}"
         )
     if args.saliency:
         best = {row["variant"]: row["seconds"] for row in rows}
         for base in ("direct", "spark"):
             ratio = best[f"{base}_saliency"] / best[base]
             print(f"saliency cost, {base}: {ratio:.2f}x the time of inference without it")
+        per = {row["variant"]: row["ms_per_frame"] for row in rows}
+        print(
+            f"occlusion cost, direct: {per['direct_occlusion'] / per['direct']:.1f}x inference "
+            f"alone, {per['direct_occlusion'] / per['direct_saliency']:.1f}x with Grad-CAM "
+            "(per frame)"
+        )
     if args.json:
         import torch
 
@@ -226,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                     "torch_threads_direct": torch.get_num_threads(),
                     "device": "cpu",
                     "saliency": args.saliency,
+                    "load": os.getloadavg(),
                     "rows": rows,
                 },
                 fh,

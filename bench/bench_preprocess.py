@@ -24,6 +24,12 @@ partition.
 
 Usage: ``python bench/bench_preprocess.py --n 400 [--compression jpeg2000|rle] [--zipped]
 [--repeat 2] [--json out.json]``.
+
+``--ops fourier,median_blur,...`` measures single ops instead (no Spark, one process): the
+generated slices are decoded and windowed to uint8 once, then every op runs over all of them
+in turn, the ops alternated round after round (``--repeat`` rounds, the best kept), and the
+cost per frame is reported beside the first op named (the baseline: put ``median_blur``
+first). Each op is written ``name`` (defaults) or ``name:key=value:key=value``.
 """
 
 from __future__ import annotations
@@ -519,14 +525,71 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument(
+        "--ops",
+        default=None,
+        help="time single ops instead, e.g. median_blur,fourier,fourier:mode=highpass:low=0.05",
+    )
     args = parser.parse_args(argv)
     if args.n < 1 or args.repeat < 1 or args.cores < 1:
         parser.error("--n, --repeat and --cores must be >= 1")
     return args
 
 
+def parse_op(text: str) -> tuple[str, dict[str, Any]]:
+    """``name:key=value:...`` -> (name, params); values parsed as YAML scalars."""
+    import yaml
+
+    name, *pairs = text.split(":")
+    params = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        params[key] = yaml.safe_load(value)
+    return name, params
+
+
+def bench_ops(items: Sequence[Item], specs: Sequence[str], repeat: int) -> list[dict[str, Any]]:
+    """Milliseconds per frame of each op over the decoded frames (best of ``repeat`` rounds,
+    the ops alternated within a round); the first op is the baseline of ``ratio``."""
+    from medspark.dicom.pixels import iter_frames, to_display
+    from medspark.preprocess.chain import build_chain
+
+    frames = []
+    for path, _ in items:
+        for frame in iter_frames(path):
+            frames.append(to_display(frame, "auto"))
+    ops = []
+    for text in specs:
+        name, params = parse_op(text)
+        (step,) = build_chain([{"op": name, **params}]).steps  # validated like the config
+        ops.append((text, step))
+    best = {text: math.inf for text, _ in ops}
+    for r in range(repeat):
+        for text, step in ops:
+            t0 = time.perf_counter()
+            for f in frames:
+                step.run(f)
+            seconds = time.perf_counter() - t0
+            best[text] = min(best[text], seconds)
+            log(f"round {r + 1} {text}: {seconds * 1000 / len(frames):.2f} ms/frame")
+    base = best[ops[0][0]]
+    return [
+        {
+            "op": text,
+            "params": dict(step.params),
+            "frames": len(frames),
+            "shape": list(frames[0].shape),
+            "ms_per_frame": best[text] * 1000 / len(frames),
+            "ratio": best[text] / base,
+        }
+        for text, step in ops
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.ops:
+        return main_ops(args)
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
     # Always a fresh directory, so no warehouse of an earlier run is reused.
@@ -592,6 +655,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def main_ops(args: argparse.Namespace) -> int:
+    """``--ops``: single-op costs per frame (see the module docstring)."""
+    workdir = Path(tempfile.mkdtemp(prefix="medspark-bench-ops-", dir=args.workdir))
+    try:
+        items, _, _ = generate(workdir, args.n, args.size, args.compression, False)
+        rows = bench_ops(items, args.ops.split(","), args.repeat)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    load = os.getloadavg()
+    print(f"\nN={args.n} size={args.size} repeat={args.repeat} load {load[0]:.2f} (1 min)")
+    print("| op | params | ms/frame | x first op |")
+    print("|---|---|---:|---:|")
+    for r in rows:
+        params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
+        print(
+            f"| {r['op'].split(':')[0]} | {params} | {r['ms_per_frame']:.2f} | {r['ratio']:.1f} |"
+        )
+    if args.json:
+        write_json(
+            args.json,
+            {
+                "n": args.n,
+                "size": args.size,
+                "repeat": args.repeat,
+                "load": load,
+                "ops": rows,
+                "machine": machine(),
+                "versions": versions(),
+            },
+        )
     return 0
 
 

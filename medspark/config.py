@@ -190,14 +190,35 @@ class InferenceConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # Torch threads per Python worker (0 = torch's default); on CPU, cores / tasks per core.
     torch_threads: int = field(default=0, metadata=_meta(minimum=0))
-    # Grad-CAM per prediction into the saliency table; costs a backward pass, and the model
-    # needs features/head methods (medspark.inference.saliency, docs/inference.md).
+    # A saliency map per prediction into the saliency table (medspark.inference.saliency,
+    # docs/inference.md).
     saliency: bool = False
+    # auto: Grad-CAM when the model has features/head methods, else occlusion sensitivity;
+    # gradcam (a backward pass; needs the two methods); occlusion (any model; one forward
+    # pass per patch position: ceil(rows / stride) x ceil(cols / stride) per frame).
+    saliency_method: Literal["auto", "gradcam", "occlusion"] = "auto"
+    # Occlusion: side of the square hidden (tensor pixels), and the step between positions.
+    occlusion_patch: int = field(default=16, metadata=_meta(minimum=1, maximum=4096))
+    occlusion_stride: int = field(default=16, metadata=_meta(minimum=1, maximum=4096))
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.models]
         if self.model not in names:
             raise ConfigError("inference.model", self.model, names)
+        if self.occlusion_stride > self.occlusion_patch:
+            raise ConfigError(
+                "inference.occlusion_stride",
+                self.occlusion_stride,
+                f"an integer from 1 to occlusion_patch ({self.occlusion_patch}): a larger "
+                "step would leave pixels that no patch hides",
+            )
+        smallest = min(min(m.input_size) for m in self.models)
+        if self.occlusion_patch > smallest:
+            raise ConfigError(
+                "inference.occlusion_patch",
+                self.occlusion_patch,
+                f"an integer from 1 to {smallest} (the smallest model input side)",
+            )
 
     def model_config(self, name: str | None = None) -> ModelConfig:
         """The entry of ``models`` called ``name`` (default: ``model``)."""
@@ -383,6 +404,11 @@ class VolumesConfig:
     target_spacing: list[float] | None = None
     intensity_range: list[float] | None = None
     spatial_size: list[int] | None = None
+    # A series with missing slices (verdict missing_slices): flag leaves it out of the
+    # volumes; interpolate fills runs of at most max_interpolated consecutive missing slices
+    # by linear interpolation along the slice normal (longer gaps stay flagged).
+    missing_slices: Literal["flag", "interpolate"] = "flag"
+    max_interpolated: int = field(default=2, metadata=_meta(minimum=1, maximum=64))
     model: VolumeModelConfig | None = None
     # With a model: each segmented series also becomes a DICOM Segmentation file (highdicom)
     # under <warehouse>/segmentations, its path in series_segments.seg_path.
@@ -390,6 +416,10 @@ class VolumesConfig:
     # medspark run also runs volumes (series of this run's scans, with volumes.model) after
     # its one pass; false: only medspark volumes does.
     in_run: bool = False
+
+    def fill_limit(self) -> int:
+        """The longest gap filled: ``max_interpolated`` with ``interpolate``, else 0."""
+        return self.max_interpolated if self.missing_slices == "interpolate" else 0
 
     def __post_init__(self) -> None:
         if self.orientation is not None:

@@ -277,8 +277,6 @@ def saliency_row(result: dict[str, Any], i: int) -> dict[str, Any]:
     :func:`medspark.steps.saliency_columns` makes them in Spark SQL for ``infer``)."""
     import base64
 
-    from medspark.inference.saliency import METHOD
-
     def box(ints: Any) -> dict[str, int] | None:
         values = [int(v) for v in ints]
         if values[0] < 0:
@@ -288,7 +286,7 @@ def saliency_row(result: dict[str, Any], i: int) -> dict[str, Any]:
     peak_x, peak_y = int(result["peak_x"][i]), int(result["peak_y"][i])
     return {
         "target_class": str(result["saliency_target"][i]),
-        "method": METHOD,
+        "method": str(result["saliency_method"][i]),
         "heatmap_png": base64.b64decode(result["heatmap_png_b64"][i]),
         "bbox": box(result["bbox_ints"][i]),
         "bbox_frame": box(result["bbox_frame_ints"][i]),

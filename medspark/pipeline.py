@@ -452,7 +452,12 @@ def infer(
     run_id = run_id or new_run_id()
     model = config.inference.model_config(model_name)
     saliency = config.inference.saliency
-    check_model(model, [config.preprocess.output_size] * 2, saliency=saliency)
+    check_model(
+        model,
+        [config.preprocess.output_size] * 2,
+        saliency=saliency,
+        method=config.inference.saliency_method,
+    )
     images = model_inputs(spark, config)
     predictions = predict_frames(images, config, model_name).persist(StorageLevel.MEMORY_AND_DISK)
     try:
@@ -766,7 +771,12 @@ def prepare_pass(sources: Sequence[str], config: PipelineConfig, master: str) ->
     from medspark.sources.dicom_source import plan_partitions
 
     model = config.inference.model_config(None)
-    check_model(model, [config.preprocess.output_size] * 2, saliency=config.inference.saliency)
+    check_model(
+        model,
+        [config.preprocess.output_size] * 2,
+        saliency=config.inference.saliency,
+        method=config.inference.saliency_method,
+    )
     pseudonymizer = pseudonymizer_from_config(config.deid)
     inference = config.inference
     settings = PassSettings(

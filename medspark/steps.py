@@ -335,11 +335,9 @@ def _box(ints: Any) -> Any:
 def saliency_columns(out: Any) -> list[Any]:
     """The ``saliency`` columns from the executor's struct ``out`` (see
     :data:`~medspark.tables.schemas.SALIENCY_OUT`): the PNG from base64, boxes as structs."""
-    from medspark.inference.saliency import METHOD
-
     return [
         out["saliency_target"].alias("target_class"),
-        F.lit(METHOD).alias("method"),
+        out["saliency_method"].alias("method"),
         F.unbase64(out["heatmap_png_b64"]).alias("heatmap_png"),
         _box(out["bbox_ints"]).alias("bbox"),
         _box(out["bbox_frame_ints"]).alias("bbox_frame"),

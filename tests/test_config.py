@@ -30,6 +30,26 @@ def test_bad_value_names_key_value_and_bound():
     assert "from 1 to 8" in err.value.allowed
 
 
+@pytest.mark.parametrize(
+    ("data", "key", "allowed"),
+    [
+        ({"inference": {"saliency_method": "lime"}}, "inference.saliency_method", "occlusion"),
+        (
+            {"inference": {"occlusion_patch": 8, "occlusion_stride": 16}},
+            "inference.occlusion_stride",
+            "from 1 to occlusion_patch (8)",
+        ),
+        ({"inference": {"occlusion_patch": 300}}, "inference.occlusion_patch", "from 1 to 224"),
+        ({"volumes": {"missing_slices": "fill"}}, "volumes.missing_slices", "interpolate"),
+        ({"volumes": {"max_interpolated": 0}}, "volumes.max_interpolated", "from 1 to 64"),
+    ],
+)
+def test_saliency_and_interpolation_keys_are_checked(data, key, allowed):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(data)
+    assert err.value.key == key and allowed in err.value.allowed
+
+
 def test_wrong_type_and_literal():
     with pytest.raises(ConfigError, match="spark.shuffle_partitions"):
         config_from_dict({"spark": {"shuffle_partitions": "many"}})

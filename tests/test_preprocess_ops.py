@@ -50,7 +50,7 @@ def expected_shape_dtype(name: str, image: np.ndarray) -> tuple[tuple[int, ...],
     spec = OPS[name]
     if name == "resize_pad":
         return (224, 224, *image.shape[2:]), image.dtype.type
-    if name == "normalize":
+    if name in ("normalize", "fourier"):
         return image.shape, np.float32
     if spec.outputs_mask or name in ("sobel", "laplacian"):
         return image.shape[:2], np.uint8
@@ -268,6 +268,13 @@ def test_sobel_laplacian_zero_on_flat_and_positive_on_edges() -> None:
         ("resize_pad", {"interpolation": "bogus"}, "resize_pad.interpolation"),
         ("normalize", {"mode": "l2"}, "normalize.mode"),
         ("otsu", {"value": 3}, "otsu.value"),
+        ("fourier", {"mode": "notch"}, "fourier.mode"),
+        ("fourier", {"high": 0.6}, "fourier.high"),
+        ("fourier", {"high": 0.0}, "fourier.high"),
+        ("fourier", {"low": -0.1}, "fourier.low"),
+        ("fourier", {"order": 0}, "fourier.order"),
+        ("fourier", {"mode": "highpass", "low": 0.0}, "fourier.low"),
+        ("fourier", {"mode": "bandpass", "low": 0.2, "high": 0.1}, "fourier.high"),
     ],
 )
 def test_bad_params_raise_config_error(name: str, params: dict, key: str) -> None:

@@ -212,3 +212,49 @@ def test_volumes_segments_the_sphere_and_reports_bad_series(
     assert (Path(config.warehouse) / seg["seg_path"]).read_bytes() == seg_bytes
     remaining = {r["series_instance_uid"] for r in _rows(spark, config, "series_errors")}
     assert remaining == {pseudo.uid(UIDS["missing"]), pseudo.uid(UIDS["mixed"])}
+
+
+def test_missing_slice_interpolated_on_spark(spark, volumes_warehouse, pseudo, tmp_path):
+    """volumes.missing_slices: interpolate through medspark volumes: the series with one slice
+    missing keeps its verdict, counts the slice in interpolated_slices, is segmented (the
+    ball's volume as the complete series gives it), and its SEG refers to the 15 acquired
+    instances only."""
+    import pydicom
+
+    from medspark.volumes.steps import volumes
+
+    model = save_threshold_model(tmp_path / "threshold.ts", 0.5)
+    config = with_overrides(
+        volumes_warehouse["config"],
+        volumes=VolumesConfig(
+            target_spacing=[1.0, 1.0, 1.0],
+            intensity_range=[-900.0, 60.0],
+            missing_slices="interpolate",
+            model=VolumeModelConfig(
+                path=str(model), labels=["sphere"], name="threshold", version="1", roi_size=[32] * 3
+            ),
+        ),
+    )
+    volumes(spark, config, "test-interpolate-run")
+    uid = pseudo.uid(UIDS["missing"])
+    series = {r["series_instance_uid"]: r for r in _rows(spark, config, "series")}
+    assert series[uid]["verdict"] == "missing_slices" and series[uid]["interpolated_slices"] == 1
+    assert series[pseudo.uid(UIDS["sphere"])]["interpolated_slices"] == 0
+    segments = {r["series_instance_uid"]: r for r in _rows(spark, config, "series_segments")}
+    filled, complete = segments[uid], segments[pseudo.uid(UIDS["sphere"])]
+    assert filled["slices"] == 16  # 15 acquired + 1 interpolated
+    assert abs(filled["volume_ml"] - complete["volume_ml"]) / complete["volume_ml"] < 0.03
+    errors = {r["series_instance_uid"] for r in _rows(spark, config, "series_errors")}
+    assert uid not in errors
+    ds = pydicom.dcmread(Path(config.warehouse) / filled["seg_path"])
+    referenced = {
+        item.ReferencedSOPInstanceUID
+        for s in ds.ReferencedSeriesSequence
+        for item in s.ReferencedInstanceSequence
+    }
+    acquired = {
+        r["sop_instance_uid"]
+        for r in _rows(spark, config, "scans")
+        if r["series_instance_uid"] == uid
+    }
+    assert referenced == acquired and len(acquired) == 15

@@ -101,28 +101,36 @@ _CHECKED: set[str] = set()
 
 
 def check_model(
-    cfg: ModelConfig, tensor_shape: list[int] | None = None, saliency: bool = False
+    cfg: ModelConfig,
+    tensor_shape: list[int] | None = None,
+    saliency: bool = False,
+    method: str = "auto",
 ) -> None:
     """Fail fast, on the driver, if the model cannot run on the ``images`` tensors.
 
     Loads the file, runs one zero batch of the expected input shape (1, channels, rows, cols),
     and checks that the output has one score per class name. ``tensor_shape`` (the preprocess
     output, e.g. [224, 224]) must match ``input_size``. With ``saliency`` (``inference.saliency``
-    on), the model must also follow the saliency convention (:func:`check_saliency`). A check
+    on) and Grad-CAM as its ``method`` (``inference.saliency_method``: ``gradcam``, or ``auto``
+    for a model that has the methods), the model must also follow the saliency convention
+    (:func:`check_saliency`); occlusion needs nothing more than a model that runs. A check
     that passed is not repeated in the same process for the same model entry, file and shape
     (the CLI runs it while Spark starts, then the step runs it again for callers that did not).
     """
-    key = repr((cfg, tensor_shape, saliency, _file_state(cfg)))
+    key = repr((cfg, tensor_shape, saliency, method, _file_state(cfg)))
     if key in _CHECKED:
         return
     _check_model(cfg, tensor_shape)
     if saliency:
-        check_saliency(cfg)
+        from medspark.inference.saliency import GRADCAM, saliency_method
+
+        if saliency_method(method, load_model(cfg)) == GRADCAM:
+            check_saliency(cfg, method)
     _CHECKED.add(key)
 
 
-def check_saliency(cfg: ModelConfig) -> None:
-    """Fail fast, naming ``inference.saliency``, if the model cannot give Grad-CAM maps: it
+def check_saliency(cfg: ModelConfig, method: str = "gradcam") -> None:
+    """Fail fast, naming ``inference.saliency_method``, if the model cannot give Grad-CAM maps: it
     needs ``features(x)`` -> (N, C, h, w) and ``head(features)`` -> the logits, with
     ``head(features(x))`` equal to ``model(x)`` (:mod:`medspark.inference.saliency`)."""
     import torch
@@ -134,10 +142,10 @@ def check_saliency(cfg: ModelConfig) -> None:
     model = load_model(cfg)
     if not has_saliency(model):
         raise ConfigError(
-            "inference.saliency",
-            True,
-            f"a model with features(x) and head(features) methods (docs/inference.md); "
-            f"{where} has none: set inference.saliency to false for it",
+            "inference.saliency_method",
+            method,
+            f"auto or occlusion, or a model with features(x) and head(features) methods "
+            f"(docs/inference.md); {where} has none",
         )
     rows, cols = cfg.input_size
     x = torch.rand(2, cfg.channels, rows, cols, generator=torch.Generator().manual_seed(0))
@@ -148,15 +156,15 @@ def check_saliency(cfg: ModelConfig) -> None:
             direct = model(x)
     except Exception as exc:  # noqa: BLE001 - any failure is reported the same way
         raise ConfigError(
-            "inference.saliency",
-            True,
+            "inference.saliency_method",
+            method,
             f"a model whose features/head methods run; on {where} they failed: "
             f"{type(exc).__name__}: {exc}",
         ) from None
     if features.dim() != 4:
         raise ConfigError(
-            "inference.saliency",
-            True,
+            "inference.saliency_method",
+            method,
             f"a model whose features(x) is (N, C, h, w); {where} returned shape "
             f"{tuple(features.shape)}",
         )
@@ -164,8 +172,8 @@ def check_saliency(cfg: ModelConfig) -> None:
         logits, direct, rtol=1e-4, atol=1e-5
     ):
         raise ConfigError(
-            "inference.saliency",
-            True,
+            "inference.saliency_method",
+            method,
             f"a model whose head(features(x)) equals model(x); on {where} it does not",
         )
 

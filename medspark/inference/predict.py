@@ -37,7 +37,10 @@ class PredictSettings:
     device: str = "auto"
     precision: str = "auto"
     torch_threads: int = 0
-    saliency: bool = False  # Grad-CAM per row too (inference.saliency)
+    saliency: bool = False  # a saliency map per row too (inference.saliency)
+    saliency_method: str = "auto"  # inference.saliency_method
+    occlusion_patch: int = 16  # inference.occlusion_patch
+    occlusion_stride: int = 16  # inference.occlusion_stride
     thumbnail_size: int = 128  # preprocess.thumbnail_size: the overlay's size when no thumbnail
 
 
@@ -215,6 +218,7 @@ def make_predict_fn_factory(settings: PredictSettings) -> Callable[[], Callable[
                     cfg,
                     settings.thumbnail_size,
                     None if on_gpu else CPU_CHUNK,
+                    settings,
                 )
             return {
                 **extra,
@@ -254,10 +258,14 @@ def saliency_columns(
     cfg: ModelConfig,
     thumbnail_size: int,
     chunk: int | None,
+    settings: PredictSettings | None = None,
 ) -> dict[str, np.ndarray]:
-    """The :data:`~medspark.tables.schemas.SALIENCY_OUT` columns of a batch: Grad-CAM for
-    each row's predicted class on the batch's own input ``x`` (on its device, in fp32), then
-    the overlay PNG and boxes per row (:func:`medspark.inference.saliency.saliency_fields`).
+    """The :data:`~medspark.tables.schemas.SALIENCY_OUT` columns of a batch: a map for each
+    row's predicted class on the batch's own input ``x`` (on its device, in fp32), by the
+    method :func:`medspark.inference.saliency.saliency_method` picks for ``settings`` (its
+    ``saliency_method``, default ``auto``) and the model, Grad-CAM or occlusion (its patch
+    and stride from ``settings``); then the overlay PNG and boxes per row
+    (:func:`medspark.inference.saliency.saliency_fields`).
 
     ``beside`` holds the rows' thumbnails (PNG bytes or None) and frame sizes, or Nones when
     the caller has none (the map then covers the whole tensor, over black).
@@ -266,13 +274,26 @@ def saliency_columns(
 
     import torch
 
-    from medspark.inference.saliency import gradcam, saliency_fields
+    from medspark.inference.saliency import (
+        GRADCAM,
+        gradcam,
+        occlusion,
+        saliency_fields,
+        saliency_method,
+    )
 
+    settings = settings or PredictSettings(cfg)
+    method = saliency_method(settings.saliency_method, model)
     n = len(best)
     if x.is_inference():  # made under inference_mode: a plain tensor can enter autograd
         x = x.clone()
     target = torch.from_numpy(best.astype(np.int64)).to(x.device)
-    cams = gradcam(model, x.float(), target, chunk).float().cpu().numpy()
+    cell = None
+    if method == GRADCAM:
+        cams = gradcam(model, x.float(), target, chunk).float().cpu().numpy()
+    else:
+        patch, cell = settings.occlusion_patch, settings.occlusion_stride
+        cams = occlusion(model, x.float(), target, patch, cell, chunk).float().cpu().numpy()
     thumbnails, frame_rows, frame_columns = (
         list(v) if v is not None else [None] * n for v in beside
     )
@@ -285,6 +306,7 @@ def saliency_columns(
             _int_or_none(frame_columns[i]),
             (cfg.input_size[0], cfg.input_size[1]),
             thumbnail_size,
+            cell,
         )
         out["saliency_target"].append(names[best[i]])
         out["heatmap_png_b64"].append(base64.b64encode(f["heatmap_png"]).decode("ascii"))
@@ -296,6 +318,7 @@ def saliency_columns(
         out["map_shape"].append(f["map_shape"])
     return {
         "saliency_target": np.array(out["saliency_target"], dtype=object),
+        "saliency_method": np.full(n, method, dtype=object),
         "heatmap_png_b64": np.array(out["heatmap_png_b64"], dtype=object),
         "bbox_ints": np.array(out["bbox_ints"], dtype=np.int32).reshape(n, 4),
         "bbox_frame_ints": np.array(out["bbox_frame_ints"], dtype=np.int32).reshape(n, 4),
@@ -350,6 +373,9 @@ def predict_settings(
         precision=inference.precision,
         torch_threads=inference.torch_threads,
         saliency=inference.saliency,
+        saliency_method=inference.saliency_method,
+        occlusion_patch=inference.occlusion_patch,
+        occlusion_stride=inference.occlusion_stride,
         thumbnail_size=thumbnail_size,
     )
 

@@ -305,6 +305,7 @@ _BOX = StructType(
 SALIENCY_OUT = StructType(
     [
         _f("saliency_target", StringType(), True),
+        _f("saliency_method", StringType(), True),
         _f("heatmap_png_b64", StringType(), True),
         _f("bbox_ints", ArrayType(IntegerType(), False), True),
         _f("bbox_frame_ints", ArrayType(IntegerType(), False), True),
@@ -323,7 +324,13 @@ SALIENCY = StructType(
         _f("model", StringType(), False, "model name (predictions.model)"),
         _f("model_version", StringType(), False, "model version (predictions.model_version)"),
         _f("target_class", StringType(), False, "the class the map explains: the predicted label"),
-        _f("method", StringType(), False, "grad-cam (on the model's features layer)"),
+        _f(
+            "method",
+            StringType(),
+            False,
+            "grad-cam (on the model's features layer) or occlusion (any model; "
+            "inference.saliency_method)",
+        ),
         _f(
             "heatmap_png",
             BinaryType(),
@@ -345,9 +352,16 @@ SALIENCY = StructType(
             "peak_value",
             FloatType(),
             False,
-            "Grad-CAM value at the peak, before scaling (comparable within a model version)",
+            "map value at the peak, before scaling (comparable within a model version and "
+            "method): Grad-CAM's, or occlusion's drop of the class's log-probability",
         ),
-        _f("map_shape", ArrayType(IntegerType(), False), False, "[rows, cols] of the map"),
+        _f(
+            "map_shape",
+            ArrayType(IntegerType(), False),
+            False,
+            "[rows, cols] of the map (Grad-CAM: the features' grid; occlusion: the patch "
+            "positions' grid)",
+        ),
     ]
     + _RUN_FIELDS
     + [_f("predicted_at", TimestampType(), False, "when this row was written (UTC)")]
@@ -704,6 +718,14 @@ SERIES_SUMMARY = StructType(
             "duplicate_positions, gantry_tilt, missing_slices, varying_spacing",
         ),
         _f("verdict_detail", StringType(), True, "what failed and where; null when regular"),
+        _f(
+            "interpolated_slices",
+            LongType(),
+            True,
+            "missing slices the volume step fills by linear interpolation along the normal "
+            "(verdict missing_slices, volumes.missing_slices interpolate, no gap longer than "
+            "volumes.max_interpolated); 0 otherwise",
+        ),
     ]
 )
 

@@ -41,7 +41,6 @@ from medspark.preprocess.udf import (
 )
 from medspark.volumes.geometry import (
     GEOMETRY_COLUMNS,
-    REGULAR,
     SeriesGeometry,
     Slice,
     Tolerances,
@@ -62,6 +61,7 @@ __all__ = [
     "VolumeError",
     "VolumeSettings",
     "assemble_volume",
+    "fill_missing_slices",
     "plan_volume",
 ]
 
@@ -97,6 +97,9 @@ class VolumeSettings:
     max_voxels: int = 2**27
     limits: Any = None  # medspark.sources.archives.Limits of the re-read (None: defaults)
     tolerances: Tolerances = field(default_factory=Tolerances)
+    #: Longest run of missing slices filled by interpolation (volumes.max_interpolated when
+    #: volumes.missing_slices is interpolate; 0: a series with a gap is not assembled).
+    max_interpolated: int = 0
 
 
 @dataclass(eq=False)
@@ -109,8 +112,14 @@ class Volume:
     array: np.ndarray
     affine: np.ndarray
     geometry: SeriesGeometry
-    #: (sop_instance_uid, frame) of each slice, in array order.
-    slices: list[tuple[str, int]]
+    #: (sop_instance_uid, frame) of each slice, in array order; None for a slice filled by
+    #: interpolation (no instance was acquired there).
+    slices: list[tuple[str, int] | None]
+
+    @property
+    def interpolated(self) -> list[int]:
+        """Array indices of the slices filled by interpolation."""
+        return [k for k, s in enumerate(self.slices) if s is None]
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -123,22 +132,24 @@ def plan_volume(
 ) -> tuple[SeriesGeometry, list[Slice]]:
     """Geometry of the series from its ``scans`` rows, checked before any pixel is read.
 
-    Raises :class:`VolumeError`: ``irregular_series`` unless the verdict is ``regular``,
-    ``series_too_large`` over ``settings.max_voxels``.
+    Raises :class:`VolumeError`: ``irregular_series`` unless the verdict is ``regular`` (or
+    ``missing_slices`` with gaps of at most ``settings.max_interpolated``, to be filled),
+    ``series_too_large`` over ``settings.max_voxels`` (interpolated slices included).
     """
     uid = rows[0]["series_instance_uid"]
     ordered = sorted(rows, key=lambda r: r["sop_instance_uid"])
     slices = [s for r in ordered for s in slices_of_instance(r)]
-    geo = analyse_series(slices, settings.tolerances)
-    if geo.verdict != REGULAR:
+    geo = analyse_series(slices, settings.tolerances, settings.max_interpolated)
+    if not geo.assemblable:
         raise VolumeError(
             IRREGULAR_SERIES, f"series {uid}: {geo.verdict}: {geo.detail or 'not one grid'}"
         )
-    voxels = len(slices) * int(geo.rows or 0) * int(geo.columns or 0)
+    depth = geo.grid_slices
+    voxels = depth * int(geo.rows or 0) * int(geo.columns or 0)
     if voxels > settings.max_voxels:
         raise VolumeError(
             SERIES_TOO_LARGE,
-            f"series {uid}: {len(slices)} slices x {geo.rows} x {geo.columns} = {voxels} voxels "
+            f"series {uid}: {depth} slices x {geo.rows} x {geo.columns} = {voxels} voxels "
             f"({voxels * 4 / 2**20:.0f} MiB as float32) > volumes.max_voxels {settings.max_voxels}",
         )
     return geo, slices
@@ -163,9 +174,16 @@ def assemble_volume(
         from medspark.sources.members import read_items as read
     uid = rows[0]["series_instance_uid"]
     geo, slices = plan_volume(rows, settings)
-    place = {(slices[i].sop_instance_uid, slices[i].frame): k for k, i in enumerate(geo.order)}
-    array = np.empty((len(slices), int(geo.rows or 0), int(geo.columns or 0)), dtype=np.float32)
-    filled = np.zeros(len(slices), dtype=bool)
+    assert geo.grid_index is not None  # assemblable
+    grid = geo.grid_index
+    place = {
+        (slices[i].sop_instance_uid, slices[i].frame): grid[m] for m, i in enumerate(geo.order)
+    }
+    depth = geo.grid_slices
+    array = np.empty((depth, int(geo.rows or 0), int(geo.columns or 0)), dtype=np.float32)
+    filled = np.zeros(depth, dtype=bool)
+    acquired = np.zeros(depth, dtype=bool)
+    acquired[grid] = True
     by_location = {(r["source_uri"], r["archive_member"]): r for r in rows}
     max_samples = None if settings.limits is None else settings.limits.max_frame_samples
     for (uri, member), content in read(list(by_location), settings.limits):
@@ -206,16 +224,40 @@ def assemble_volume(
             array[k] = frame.pixels
             filled[k] = True
         del content
-    if not filled.all():
-        k = int(np.flatnonzero(~filled)[0])
-        sop, f = slices[geo.order[k]].sop_instance_uid, slices[geo.order[k]].frame
+    if not filled[acquired].all():
+        m = int(np.flatnonzero(~filled[grid])[0])
+        sop, f = slices[geo.order[m]].sop_instance_uid, slices[geo.order[m]].frame
         raise VolumeError(UNREADABLE, f"series {uid}: instance {sop} frame {f} was not read")
-    assert geo.affine is not None  # regular
+    if geo.interpolated:
+        fill_missing_slices(array, acquired)
+    assert geo.affine is not None  # assemblable
+    in_array: list[tuple[str, int] | None] = [None] * depth
+    for m, i in enumerate(geo.order):
+        in_array[grid[m]] = (slices[i].sop_instance_uid, slices[i].frame)
     return Volume(
         series_instance_uid=uid,
         modality=rows[0].get("modality"),
         array=array,
         affine=geo.affine,
         geometry=geo,
-        slices=[(slices[i].sop_instance_uid, slices[i].frame) for i in geo.order],
+        slices=in_array,
     )
+
+
+def fill_missing_slices(array: np.ndarray, acquired: np.ndarray) -> list[int]:
+    """Fill, in place, the slices of ``array`` (``[k, j, i]``, a regular grid along ``k``)
+    where ``acquired`` is False, by linear interpolation along the slice normal between the
+    nearest acquired slices before and after: slice ``k`` between ``a`` and ``b`` becomes
+    ``(1 - t) * array[a] + t * array[b]`` with ``t = (k - a) / (b - a)``, as the grid is
+    uniform. The first and the last slice must be acquired (a gap is between two slices).
+    Returns the indices filled."""
+    known = np.flatnonzero(acquired)
+    if known.size == 0 or known[0] != 0 or known[-1] != len(acquired) - 1:
+        raise ValueError("the first and the last slice must be acquired")
+    filled = []
+    for a, b in zip(known[:-1], known[1:], strict=True):
+        for k in range(int(a) + 1, int(b)):
+            t = (k - a) / (b - a)
+            array[k] = (1.0 - t) * array[a] + t * array[b]
+            filled.append(k)
+    return filled

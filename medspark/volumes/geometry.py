@@ -34,7 +34,12 @@ array with a single affine, and if not, why (first failing check wins, in this o
 ``gantry_tilt``
     the positions do not move along the normal: the stack is sheared (CT with tilted gantry).
 ``missing_slices``
-    some steps are whole multiples of the spacing; ``detail`` says where.
+    some steps are whole multiples of the spacing; ``detail`` says where. With
+    ``max_interpolated`` > 0 (``volumes.missing_slices: interpolate``) and no gap longer than
+    it, the verdict stays but the series is still one grid: :attr:`SeriesGeometry.affine`
+    covers the acquired and the missing positions, :attr:`SeriesGeometry.grid_index` places
+    each acquired slice on it, and :attr:`SeriesGeometry.interpolated` counts the missing
+    ones that assembly fills (:func:`medspark.volumes.assemble.fill_missing_slices`).
 ``varying_spacing``
     the steps differ by more than the tolerance and are not whole multiples.
 ``regular``
@@ -173,10 +178,25 @@ class SeriesGeometry:
     rows: int | None = None
     columns: int | None = None
     pixel_spacing: tuple[float, float] | None = None
+    #: Missing slices filled by interpolation (``missing_slices`` within ``max_interpolated``).
+    interpolated: int = 0
+    #: Index of each sorted slice on the grid of the affine (0, 1, 2, ... when regular; with
+    #: the missing positions skipped when ``interpolated``).
+    grid_index: list[int] | None = None
 
     @property
     def regular(self) -> bool:
         return self.verdict == REGULAR
+
+    @property
+    def assemblable(self) -> bool:
+        """One grid: regular, or missing slices that are to be interpolated."""
+        return self.verdict == REGULAR or self.interpolated > 0
+
+    @property
+    def grid_slices(self) -> int:
+        """Slices of the assembled volume: the acquired ones plus the interpolated ones."""
+        return len(self.order) + self.interpolated
 
 
 def slice_normal(orientation: Sequence[float]) -> np.ndarray:
@@ -193,8 +213,13 @@ def _fmt(v: float) -> str:
     return f"{v:.6g}"
 
 
-def analyse_series(slices: Sequence[Slice], tol: Tolerances | None = None) -> SeriesGeometry:
-    """Sort ``slices`` geometrically, measure the spacing, judge the grid, build the affine."""
+def analyse_series(
+    slices: Sequence[Slice], tol: Tolerances | None = None, max_interpolated: int = 0
+) -> SeriesGeometry:
+    """Sort ``slices`` geometrically, measure the spacing, judge the grid, build the affine.
+
+    ``max_interpolated``: the longest run of consecutive missing slices that may be filled by
+    interpolation (0: none; see ``missing_slices`` in the module docstring)."""
     tol = tol or Tolerances()
     n = len(slices)
     if n == 0:
@@ -316,12 +341,25 @@ def analyse_series(slices: Sequence[Slice], tol: Tolerances | None = None) -> Se
                 for i in np.flatnonzero(gaps)
             ]
             missing = int((whole[gaps] - 1).sum())
-            return verdict(
-                MISSING_SLICES,
+            longest = int(whole[gaps].max()) - 1
+            detail = (
                 f"{missing} missing at spacing {_fmt(spacing)} mm: "
                 + "; ".join(parts[:5])
-                + ("" if len(parts) <= 5 else f"; and {len(parts) - 5} more gaps"),
+                + ("" if len(parts) <= 5 else f"; and {len(parts) - 5} more gaps")
             )
+            if 0 < longest <= max_interpolated:
+                steps_on_grid = np.where(gaps, whole, 1).astype(int)
+                geo.grid_index = [0, *np.cumsum(steps_on_grid).tolist()]
+                geo.interpolated = missing
+                last_k = geo.grid_index[-1]
+                geo.affine = _affine(first, (sorted_positions[-1] - sorted_positions[0]) / last_k)
+                detail += f"; filled by linear interpolation (at most {max_interpolated} in a row)"
+            elif max_interpolated > 0:
+                detail += (
+                    f"; not filled: {longest} in a row, more than volumes.max_interpolated "
+                    f"({max_interpolated})"
+                )
+            return verdict(MISSING_SLICES, detail)
         return verdict(
             VARYING_SPACING,
             f"steps from {_fmt(float(steps.min()))} to {_fmt(float(steps.max()))} mm "
@@ -330,6 +368,7 @@ def analyse_series(slices: Sequence[Slice], tol: Tolerances | None = None) -> Se
 
     step = (sorted_positions[-1] - sorted_positions[0]) / (n - 1)
     geo.affine = _affine(first, step)
+    geo.grid_index = list(range(n))
     return geo
 
 

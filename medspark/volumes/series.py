@@ -65,11 +65,15 @@ def _list(value: Any) -> list[float] | None:
         return None
 
 
-def summarise_series(rows: Sequence[Mapping[str, Any]], tol: Tolerances | None = None) -> dict:
+def summarise_series(
+    rows: Sequence[Mapping[str, Any]], tol: Tolerances | None = None, max_interpolated: int = 0
+) -> dict:
     """One ``series`` row (without ``run_id``/``computed_at``) from the ``scans`` rows of a series.
 
     Instances without pixels (presentation states, structured reports in the same series)
-    count in ``instances`` but not in the geometry.
+    count in ``instances`` but not in the geometry. ``max_interpolated``: gaps of at most
+    this many slices are to be filled (``volumes.missing_slices: interpolate``); the verdict
+    stays ``missing_slices`` and ``interpolated_slices`` says how many.
     """
     rows = [
         {
@@ -84,7 +88,7 @@ def summarise_series(rows: Sequence[Mapping[str, Any]], tol: Tolerances | None =
         (r for r in rows if r.get("has_pixels")), key=lambda r: r["sop_instance_uid"]
     )
     slices = [s for r in pixel_rows for s in slices_of_instance(r)]
-    geo = analyse_series(slices, tol)
+    geo = analyse_series(slices, tol, max_interpolated)
     times = [r["acquisition_datetime"] for r in rows if r.get("acquisition_datetime") is not None]
     frames_total = sum(int(r.get("number_of_frames") or 1) for r in pixel_rows)
     thickness = _mode([r.get("slice_thickness") for r in pixel_rows])
@@ -113,6 +117,7 @@ def summarise_series(rows: Sequence[Mapping[str, Any]], tol: Tolerances | None =
         "acquisition_seconds": (last - first).total_seconds() if times else None,
         "verdict": geo.verdict,
         "verdict_detail": geo.detail,
+        "interpolated_slices": geo.interpolated,
     }
 
 
@@ -124,8 +129,11 @@ def needs_header() -> Any:
     return (frames > 1) | F.col("image_position_patient").isNull()
 
 
-def build_series(scans: DataFrame, run_id: str, tol: Tolerances | None = None) -> DataFrame:
-    """``scans`` -> ``series`` (schema :data:`medspark.tables.schemas.SERIES`).
+def build_series(
+    scans: DataFrame, run_id: str, tol: Tolerances | None = None, max_interpolated: int = 0
+) -> DataFrame:
+    """``scans`` -> ``series`` (schema :data:`medspark.tables.schemas.SERIES`); gaps of at
+    most ``max_interpolated`` slices count in ``interpolated_slices``.
 
     Instances without a Series Instance UID cannot be grouped and are left out. The header JSON
     travels through the shuffle only for the rows that need it (:func:`needs_header`).
@@ -145,7 +153,7 @@ def build_series(scans: DataFrame, run_id: str, tol: Tolerances | None = None) -
     def per_series(table: Any) -> Any:
         import pyarrow as pa
 
-        row = summarise_series(table.to_pylist(), tol)
+        row = summarise_series(table.to_pylist(), tol, max_interpolated)
         return pa.Table.from_pylist([{n: row[n] for n in names}], schema=arrow_schema)
 
     # Arrow, not pandas: to_pylist gives None for nulls and datetime for timestamps, where
@@ -170,4 +178,5 @@ def refresh_series(spark: Any, config: Any, touched: DataFrame, run_id: str) -> 
     scans = spark.read.format("delta").load(config.table_path("scans"))
     uids = touched.select("series_instance_uid").where(F.col("series_instance_uid").isNotNull())
     subset = scans.join(uids.distinct(), "series_instance_uid", "left_semi")
-    merge_into(spark, build_series(subset, run_id), config.table_path("series"), "series")
+    series = build_series(subset, run_id, max_interpolated=config.volumes.fill_limit())
+    merge_into(spark, series, config.table_path("series"), "series")

@@ -95,7 +95,11 @@ def volume_task(config: PipelineConfig) -> VolumeTask:
             )
         seg_root = warehouse.removeprefix("file://").removeprefix("file:")
     return VolumeTask(
-        assemble=VolumeSettings(max_voxels=v.max_voxels, limits=limits(config.ingest)),
+        assemble=VolumeSettings(
+            max_voxels=v.max_voxels,
+            limits=limits(config.ingest),
+            max_interpolated=v.fill_limit(),
+        ),
         preprocess=VolumePreprocess(
             orientation=v.orientation,
             target_spacing=as_triple(v.target_spacing),
@@ -174,12 +178,16 @@ def write_seg(
     rows: list[dict[str, Any]],
     labels: Any,
     labels_affine: Any,
-    source_grid: tuple[Any, tuple[int, ...], list[tuple[str, int]]],
+    source_grid: tuple[Any, tuple[int, ...], list[tuple[str, int] | None]],
     task: VolumeTask,
 ) -> str | None:
     """Write the DICOM SEG of one segmented series (:mod:`medspark.volumes.dicom_seg`) under
     ``task.seg_root``; its path relative to it, or None for a series that is not made of
-    single-frame slices (a SEG of frames of an enhanced object is not written yet)."""
+    single-frame slices (a SEG of frames of an enhanced object is not written yet).
+
+    Its frames are the acquired slices only: a slice filled by interpolation
+    (``volumes.missing_slices: interpolate``) has no instance to refer to, so the SEG has no
+    frame there and refers to exactly the series' real instances."""
     from medspark.volumes.dicom_seg import (
         labels_on_grid,
         seg_relative_path,
@@ -189,14 +197,15 @@ def write_seg(
     )
 
     affine, shape, order = source_grid
-    if any(frame != 0 for _, frame in order) or any(
+    real = [(k, s) for k, s in enumerate(order) if s is not None]
+    if any(frame != 0 for _, (_, frame) in real) or any(
         int(r.get("number_of_frames") or 1) > 1 for r in rows
     ):
         return None
     by_sop = {r["sop_instance_uid"]: r for r in rows}
-    on_grid = labels_on_grid(labels, labels_affine, affine, shape)
+    on_grid = labels_on_grid(labels, labels_affine, affine, shape)[[k for k, _ in real]]
     seg = segmentation_dataset(
-        source_datasets([by_sop[sop] for sop, _ in order]),
+        source_datasets([by_sop[sop] for _, (sop, _) in real]),
         on_grid,
         task.model.labels,
         model=task.model.name,
@@ -347,7 +356,8 @@ def volumes(spark: Any, config: PipelineConfig, run_id: str) -> VolumesResult:
     if task is not None:
         check_volume_model(task.model)
     scans = spark.read.format("delta").load(config.table_path("scans"))
-    series = build_series(scans, run_id).persist(StorageLevel.MEMORY_AND_DISK)
+    series = build_series(scans, run_id, max_interpolated=config.volumes.fill_limit())
+    series = series.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         n_series = series.count()
         merge_into(spark, series, config.table_path("series"), "series")
