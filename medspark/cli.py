@@ -581,7 +581,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - Spark, Delta, the file system: one line + a log
         from medspark.failures import describe, disk_full, disk_full_line, write_trace
 
-        log = write_trace(exc)
+        try:
+            log: Any = write_trace(exc)
+        except OSError:  # the log folder's disk is full too
+            log = "not written: its disk is full too"
         if getattr(args, "verbose", False):
             import traceback
 

@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -49,12 +50,13 @@ def stderr_to(path: Path) -> Iterator[None]:
     block keeps the file as its stderr for its whole life (Spark's start-up banner and
     warnings, its executors' and Python workers' stderr), and a Rust panic inside delta-rs
     writes to the descriptor directly. Python's own ``sys.stderr`` writes in the block go to
-    the file too."""
+    the file too, from every thread: keep the block short, on the thread that owns the
+    console. Blocks are serialised (not re-entrant)."""
     import sys
 
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "ab") as out:
+    with _STDERR_LOCK, open(path, "ab") as out:
+        sys.stderr.flush()
+        saved = os.dup(2)
         os.dup2(out.fileno(), 2)
         try:
             yield
@@ -62,6 +64,11 @@ def stderr_to(path: Path) -> Iterator[None]:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
+
+
+#: Descriptor 2 belongs to the whole process: one :func:`stderr_to` block at a time, so that
+#: two threads' blocks cannot interleave and leave it pointing at a log file.
+_STDERR_LOCK = threading.Lock()
 
 
 #: The text by which a full disk shows in an exception (Java's, Python's, delta-rs's own).

@@ -73,27 +73,40 @@ def _record_delta_jars(coords: str, spark_jars: str) -> None:
 
 #: The child process of a first fetch: a throwaway session with ``spark.jars.packages`` (Spark's
 #: own Ivy resolution, as a start without the manifest did), whose resolved ``spark.jars``
-#: become the manifest. argv: coordinates, Ivy folder.
+#: become the manifest. argv: coordinates, the ``spark.jars.*`` resolution settings as JSON.
 _FETCH_SCRIPT = """
 import sys
 from pyspark.sql import SparkSession
 from medspark.session import _record_delta_jars
-coords, ivy = sys.argv[1], sys.argv[2]
-spark = (SparkSession.builder.master("local[1]").appName("medspark-fetch-jars")
-         .config("spark.jars.packages", coords).config("spark.jars.ivy", ivy)
-         .config("spark.ui.enabled", "false").config("spark.driver.host", "127.0.0.1")
-         .config("spark.driver.bindAddress", "127.0.0.1").getOrCreate())
+import json
+coords, settings = sys.argv[1], json.loads(sys.argv[2])
+builder = (SparkSession.builder.master("local[1]").appName("medspark-fetch-jars")
+           .config("spark.jars.packages", coords).config("spark.ui.enabled", "false")
+           .config("spark.driver.host", "127.0.0.1"))
+for key, value in {"spark.driver.bindAddress": "127.0.0.1", **settings}.items():
+    builder = builder.config(key, value)
+spark = builder.getOrCreate()
 _record_delta_jars(coords, spark.sparkContext.getConf().get("spark.jars", ""))
 spark.stop()
 """
 
 
-def fetch_delta_jars(coords: str) -> list[str]:
+#: The settings of a session that steer Ivy's resolution (a site's mirror, its own Ivy
+#: settings or folder): the child process of a first fetch gets them too.
+RESOLUTION_KEYS = ("spark.jars.repositories", "spark.jars.ivySettings", "spark.jars.ivy")
+
+#: The longest a first fetch may take (a slow network, large jars) before it is given up.
+FETCH_TIMEOUT_S = 1800
+
+
+def fetch_delta_jars(coords: str, conf: dict[str, str] | None = None) -> list[str]:
     """The Delta jar files, fetched once per cache: under an exclusive lock on
     ``<cache>/jars/.fetch.lock``, a start that finds no manifest resolves the jars in a child
-    process (its output in a log file, one line on the console); a start that waited for the
-    lock finds the manifest the other wrote and fetches nothing."""
+    process (its output in a log file, one line on the console), with the resolution
+    settings of ``conf`` (:data:`RESOLUTION_KEYS`); a start that waited for the lock finds the
+    manifest the other wrote and fetches nothing."""
     import fcntl
+    import json
     import subprocess
     import time
 
@@ -101,32 +114,47 @@ def fetch_delta_jars(coords: str) -> list[str]:
 
     folder = cache_dir() / "jars"
     folder.mkdir(parents=True, exist_ok=True)
+    settings = {"spark.jars.ivy": str(cache_dir() / "ivy")}
+    settings.update({k: v for k, v in (conf or {}).items() if k in RESOLUTION_KEYS})
     with open(folder / ".fetch.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        try:  # released when the file closes, or the process dies
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(
+                f"medspark: waiting for another start to finish its jar fetch ({lock.name})",
+                file=sys.stderr,
+                flush=True,
+            )
+            fcntl.flock(lock, fcntl.LOCK_EX)
         jars = cached_delta_jars(coords)
         if jars:
             return jars
         log = log_dir() / f"medspark-fetch-jars-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
         print(
-            f"medspark: fetching Delta Lake jars ({coords}) into {cache_dir() / 'ivy'}, first "
-            f"start only (details: {log})",
+            f"medspark: fetching Delta Lake jars ({coords}) into {settings['spark.jars.ivy']}, "
+            f"first start only (details: {log})",
             file=sys.stderr,
             flush=True,
         )
         with open(log, "w", encoding="utf-8") as out:
-            done = subprocess.run(
-                [sys.executable, "-c", _FETCH_SCRIPT, coords, str(cache_dir() / "ivy")],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"},
-            )
+            try:
+                done = subprocess.run(
+                    [sys.executable, "-c", _FETCH_SCRIPT, coords, json.dumps(settings)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"},
+                    timeout=FETCH_TIMEOUT_S,
+                )
+                failed = done.returncode != 0
+            except subprocess.TimeoutExpired:
+                failed = True
         jars = cached_delta_jars(coords)
-        if done.returncode != 0 or not jars:
+        if failed or not jars:
             raise EnvironmentProblem(
-                f"the Delta jars ({coords}) could not be fetched from Maven Central into "
-                f"{cache_dir() / 'ivy'} (details: {log}): connect once, or set MEDSPARK_CACHE "
-                "to a cache filled elsewhere."
+                f"the Delta jars ({coords}) could not be fetched from Maven Central (or the "
+                f"spark.jars.repositories given) into {settings['spark.jars.ivy']} (details: "
+                f"{log}): connect once, or set MEDSPARK_CACHE to a cache filled elsewhere."
             )
         return jars
 
@@ -238,7 +266,7 @@ def build_session(
         if master.startswith("local"):
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         builder = builder.master(master)
-        jars = cached_delta_jars(coords) or fetch_delta_jars(coords)
+        jars = cached_delta_jars(coords) or fetch_delta_jars(coords, conf)
         conf["spark.jars"] = ",".join([*jars, *filter(None, [conf.get("spark.jars")])])
     for key, value in conf.items():
         if submitted and (

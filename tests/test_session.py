@@ -61,3 +61,45 @@ def test_two_first_starts_at_once_fetch_the_jars_once_with_one_line(spark, tmp_p
             os.environ["MEDSPARK_CACHE"] = saved
     (log,) = (tmp_path / "log").glob("medspark-fetch-jars-*.log")
     assert "resolution report" in log.read_text()
+
+
+#: Under spark-submit: the session medspark builds, and the properties it ended with.
+SUBMITTED = """
+from medspark.config import SparkConfig
+from medspark.session import build_session
+spark = build_session(SparkConfig(master="local[2]", shuffle_partitions=2,
+                                  arrow_max_records_per_batch=2048))
+conf = spark.sparkContext.getConf()
+print("GOT", spark.conf.get("spark.sql.shuffle.partitions"), conf.get("spark.master"),
+      spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch"))
+spark.stop()
+"""
+
+
+@pytest.mark.subprocess
+def test_spark_submit_conf_wins_over_medspark_defaults(spark, tmp_path):
+    """A data engineer's ``spark-submit --master ... --conf k=v`` wins over the YAML's and
+    medspark's own values (``build_session`` read an empty conf before attaching to the
+    submitted JVM, so medspark's values won); a property not given keeps medspark's."""
+    from medspark.session import cached_delta_jars, delta_coordinates
+
+    script = tmp_path / "submitted.py"
+    script.write_text(SUBMITTED)
+    jars = ",".join(cached_delta_jars(delta_coordinates()) or [])
+    submit = [
+        str(shutil.which("spark-submit", path=os.path.dirname(sys.executable)) or "spark-submit"),
+        "--master",
+        "local[1]",
+        "--conf",
+        "spark.sql.shuffle.partitions=7",
+        "--conf",
+        "spark.ui.enabled=false",
+        "--jars",
+        jars,
+        str(script),
+    ]
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
+    done = subprocess.run(submit, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith("GOT ")]
+    assert line.split()[1:] == ["7", "local[1]", "2048"]

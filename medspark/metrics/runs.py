@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -100,7 +100,9 @@ def recorded_run(spark: Any, config: PipelineConfig, job: str, run_id: str) -> I
             if error is None or row is None:
                 print(f"medspark: could not record run {run_id}: {exc}", file=sys.stderr)
             else:  # the step's own failure is the one line the CLI prints
-                _keep_outcome(config, row, error)
+                # The log folder's disk full too: the run stays running (then abandoned).
+                with suppress(OSError):
+                    _keep_outcome(config, row, error)
 
 
 def _pending_dir() -> Path:
@@ -125,7 +127,13 @@ def _keep_outcome(config: PipelineConfig, row: dict[str, Any], error: BaseExcept
         "run_id": row["run_id"],
         "error": reason[:4000],
     }
-    (folder / f"{row['run_id']}.json").write_text(json.dumps(outcome))
+    # Written whole or not at all: on a full disk a plain write can leave an empty file.
+    partial = folder / f".{row['run_id']}.{os.getpid()}.tmp"
+    try:
+        partial.write_text(json.dumps(outcome))
+        os.replace(partial, folder / f"{row['run_id']}.json")
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def record_pending(path: str) -> list[str]:
@@ -136,9 +144,12 @@ def record_pending(path: str) -> list[str]:
     folder = _pending_dir()
     done = []
     for file in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        outcome = json.loads(file.read_text())
-        if outcome["path"] != path or not DeltaTable.is_deltatable(path):
-            continue
+        try:
+            outcome = json.loads(file.read_text())
+            if outcome["path"] != path or not DeltaTable.is_deltatable(path):
+                continue
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable, or taken by a concurrent start
         run_id = outcome["run_id"].replace("'", "''")
         DeltaTable(path).update(
             predicate=f"run_id = '{run_id}' AND status = 'running'",
@@ -149,7 +160,7 @@ def record_pending(path: str) -> list[str]:
                 "error": "'" + outcome["error"].replace("'", "''") + "'",
             },
         )
-        file.unlink()
+        file.unlink(missing_ok=True)
         done.append(outcome["run_id"])
     return done
 
