@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -281,22 +281,34 @@ def _roc_rows(sorted_units: _SortedUnits, weights: np.ndarray) -> np.ndarray:
     return _roc_from(*_per_score(sorted_units, weights[:, sorted_units.order]))
 
 
-def cluster_draws(n_clusters: int, n_resamples: int, seed: int, salt: str) -> np.ndarray:
-    """How often each cluster is drawn in each resample (resamples x clusters, int32).
+def cluster_draw_blocks(
+    n_clusters: int, n_resamples: int, seed: int, salt: str
+) -> Iterator[np.ndarray]:
+    """How often each cluster is drawn in each resample, in blocks of resamples (each block
+    resamples x clusters, int32, at most about :data:`_BLOCK_ELEMENTS` counts), so that no
+    caller holds all resamples x clusters at once (1,000 resamples of 5 million single-frame
+    patients would be 20 GB).
 
     Seeded by ``seed`` and ``salt`` (level and subgroup), so a subgroup's interval does not
     depend on which other subgroups were evaluated before it.
     """
     rng = np.random.default_rng([seed, zlib.crc32(salt.encode("utf-8"))])
-    draws = np.empty((n_resamples, n_clusters), dtype=np.int32)
-    for start in range(0, n_resamples, max(1, _BLOCK_ELEMENTS // max(n_clusters, 1))):
-        stop = min(n_resamples, start + max(1, _BLOCK_ELEMENTS // max(n_clusters, 1)))
-        picked = rng.integers(0, n_clusters, size=(stop - start, n_clusters))
-        rows = np.arange(stop - start)[:, None] * n_clusters
-        draws[start:stop] = np.bincount(
-            (picked + rows).ravel(), minlength=(stop - start) * n_clusters
-        ).reshape(stop - start, n_clusters)
-    return draws
+    step = max(1, _BLOCK_ELEMENTS // max(n_clusters, 1))
+    for start in range(0, n_resamples, step):
+        rows = min(n_resamples, start + step) - start
+        picked = rng.integers(0, n_clusters, size=(rows, n_clusters))
+        offsets = np.arange(rows)[:, None] * n_clusters
+        yield (
+            np.bincount((picked + offsets).ravel(), minlength=rows * n_clusters)
+            .reshape(rows, n_clusters)
+            .astype(np.int32)
+        )
+
+
+def cluster_draws(n_clusters: int, n_resamples: int, seed: int, salt: str) -> np.ndarray:
+    """All of :func:`cluster_draw_blocks` as one array (resamples x clusters, int32)."""
+    blocks = list(cluster_draw_blocks(n_clusters, n_resamples, seed, salt))
+    return np.concatenate(blocks) if blocks else np.empty((0, n_clusters), dtype=np.int32)
 
 
 def bootstrap(
@@ -304,19 +316,51 @@ def bootstrap(
     label: np.ndarray,
     cluster: np.ndarray,
     threshold: float,
-    draws: np.ndarray,
+    draws: np.ndarray | Iterable[np.ndarray],
     n_bins: int,
     roc: bool = False,
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Every metric per resample (``draws``: resamples x clusters, from :func:`cluster_draws`),
-    and with ``roc`` the TPR at :data:`ROC_GRID` per resample."""
+    """Every metric per resample (``draws``: resamples x clusters from :func:`cluster_draws`,
+    or its blocks from :func:`cluster_draw_blocks`, taken one block at a time), and with
+    ``roc`` the TPR at :data:`ROC_GRID` per resample."""
     _, cluster = np.unique(cluster, return_inverse=True)
     cluster = cluster.ravel()
-    n_clusters = draws.shape[1]
+    blocks = [draws] if isinstance(draws, np.ndarray) else draws
+    parts: list[tuple[dict[str, np.ndarray], np.ndarray | None]] = []
+    sums = gap = n_per = None
+    sorted_units = _SortedUnits(score, label)
+    # Each unit's weight is its patient's draw count: one gather, already in score order.
+    sorted_cluster = cluster[sorted_units.order]
+    for block in blocks:
+        if sums is None:
+            sums, gap, n_per = _cluster_sums(
+                score, label, cluster, threshold, n_bins, block.shape[1]
+            )
+        parts.append(
+            _bootstrap_block(
+                block, sums, gap, n_per, threshold, sorted_units, sorted_cluster, len(score), roc
+            )
+        )
+    if not parts:
+        return {}, None
+    out = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
+    curves = [p[1] for p in parts if p[1] is not None]
+    return out, (np.concatenate(curves) if roc and curves else None)
+
+
+def _cluster_sums(
+    score: np.ndarray,
+    label: np.ndarray,
+    cluster: np.ndarray,
+    threshold: float,
+    n_bins: int,
+    n_clusters: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per cluster: tp, fp, fn, tn and squared error sums; the calibration gap per bin; the
+    number of units."""
     y = label.astype(np.float64)
     called = score >= threshold
     ids = calibration_bin_ids(score, n_bins)
-    # Per cluster sums: tp, fp, fn, tn, squared error, then per bin: n, score, label.
     columns = [
         called * y,
         called * (1 - y),
@@ -330,6 +374,21 @@ def bootstrap(
         n_clusters, n_bins
     )
     n_per = np.bincount(cluster, minlength=n_clusters).astype(np.float64)
+    return sums, gap, n_per
+
+
+def _bootstrap_block(
+    draws: np.ndarray,
+    sums: np.ndarray,
+    gap: np.ndarray,
+    n_per: np.ndarray,
+    threshold: float,
+    sorted_units: _SortedUnits,
+    sorted_cluster: np.ndarray,
+    n_units: int,
+    roc: bool,
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """:func:`bootstrap`'s figures for one block of resamples."""
     d = draws.astype(np.float64)
     totals = d @ sums
     n = d @ n_per
@@ -337,13 +396,10 @@ def bootstrap(
     with np.errstate(invalid="ignore", divide="ignore"):
         out["brier"] = totals[:, 4] / n
         out["ece"] = np.abs(d @ gap).sum(axis=1) / n
-    sorted_units = _SortedUnits(score, label)
-    # Each unit's weight is its patient's draw count: one gather, already in score order.
-    sorted_cluster = cluster[sorted_units.order]
-    block = max(1, _BLOCK_ELEMENTS // max(len(score), 1))
+    step = max(1, _BLOCK_ELEMENTS // max(n_units, 1))
     aucs, curves = [], []
-    for start in range(0, len(d) if len(score) else 0, block):
-        pos, neg = _per_score(sorted_units, d[start : start + block][:, sorted_cluster])
+    for start in range(0, len(d) if n_units else 0, step):
+        pos, neg = _per_score(sorted_units, d[start : start + step][:, sorted_cluster])
         aucs.append(_auc_from(pos, neg))
         if roc:
             curves.append(_roc_from(pos, neg))
@@ -396,7 +452,7 @@ def evaluate_units(
             f"(evaluation.min_patients {spec.min_patients})"
         )
     elif spec.n_resamples:
-        draws = cluster_draws(n_clusters, spec.n_resamples, spec.seed, salt)
+        draws = cluster_draw_blocks(n_clusters, spec.n_resamples, spec.seed, salt)
         resampled, curves = bootstrap(
             score, label, cluster, threshold, draws, spec.calibration_bins, roc
         )
