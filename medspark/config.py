@@ -335,6 +335,8 @@ class EvaluationConfig:
         for i, column in enumerate(self.subgroups):
             if column not in SUBGROUP_COLUMNS:
                 raise ConfigError(f"evaluation.subgroups[{i}]", column, list(SUBGROUP_COLUMNS))
+            if column in self.subgroups[:i]:  # its rows would repeat model_evaluation's key
+                raise ConfigError(f"evaluation.subgroups[{i}]", column, "each column once")
         if self.age_bands != sorted(set(self.age_bands)) or any(a <= 0 for a in self.age_bands):
             raise ConfigError(
                 "evaluation.age_bands", self.age_bands, "increasing positive ages in years"

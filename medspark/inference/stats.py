@@ -165,8 +165,8 @@ def choose_threshold(
     ``fixed``: ``value``. ``sensitivity``: the highest threshold whose sensitivity is at least
     ``value`` (the k-th highest positive score, k = ceil(value x positives)). ``youden``: the
     threshold among the scores that maximises sensitivity + specificity - 1 (the highest one
-    on a tie). Without positives (or negatives, for Youden) the rule falls back to ``value``
-    and says so.
+    on a tie). Without positives (or negatives, for Youden) the rule falls back to 0.5 and
+    says so (``value`` is then a sensitivity, not a threshold).
     """
     if rule == "fixed":
         return float(value), None
