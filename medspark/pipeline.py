@@ -69,6 +69,7 @@ from medspark.tables.writers import (
     ensure_restricted_root,
     merge_into,
     replace_table,
+    wrote_nothing,
 )
 from medspark.volumes.series import refresh_series
 
@@ -111,11 +112,12 @@ def new_run_id() -> str:
 
 def _record_acquisitions(
     spark: Any, config: PipelineConfig, raw: DataFrame, kept: DataFrame
-) -> None:
-    """Keep true acquisition times (restricted table); see :func:`_rebuild_utilization`."""
+) -> dict[str, int]:
+    """Keep true acquisition times (restricted table); see :func:`_rebuild_utilization`.
+    Returns the MERGE's counts (all zero when every acquisition was there already)."""
     from medspark.metrics.utilization import acquisitions
 
-    merge_into(
+    return merge_into(
         spark,
         acquisitions(raw, kept),
         config.table_path("restricted_acquisitions"),
@@ -233,6 +235,7 @@ def ingest(
     run_id = run_id or new_run_id()
     scans_path = config.table_path("scans")
     errors_path = config.table_path("ingest_errors")
+    utilization_path = config.table_path("scanner_utilization")
     had_errors = _is_table(spark, errors_path)
     ensure_restricted_root(config)
 
@@ -265,9 +268,11 @@ def ingest(
             return {r["error_class"]: int(r["n"]) for r in counts}
 
         def write_acquisitions() -> None:
-            # scanner_utilization is rebuilt from restricted_acquisitions, so after it.
-            _record_acquisitions(spark, config, candidates, scans)
-            _rebuild_utilization(spark, config, run_id)
+            # scanner_utilization is rebuilt from restricted_acquisitions, so after it; when
+            # no acquisition is new (a re-run), it stands as it is.
+            added = _record_acquisitions(spark, config, candidates, scans)
+            if not wrote_nothing(added) or not _is_table(spark, utilization_path):
+                _rebuild_utilization(spark, config, run_id)
 
         def write_scans() -> dict[str, int]:
             counts = merge_into(
@@ -278,7 +283,8 @@ def ingest(
                 metrics=True,
                 update_if=SAME_ITEM,
             )
-            refresh_series(spark, config, scans, run_id)  # series rebuilt from the new scans
+            # series rebuilt from the new scans (not when no scans row changed)
+            refresh_series(spark, config, scans, run_id, scans_changed=not wrote_nothing(counts))
             return counts
 
         steps = [
@@ -937,14 +943,16 @@ def run_all(
         acquired = kept.select(*ids)
 
         def write_acquisitions() -> None:
-            merge_into(
+            added = merge_into(
                 spark,
                 acquired,
                 acquisitions_path,
                 "restricted_acquisitions",
                 fresh=first_acquisitions,
             )
-            if not first_acquisitions:  # utilisation covers every acquisition ever ingested
+            # Utilisation covers every acquisition ever ingested; a run that added none (a
+            # re-run) leaves it as it is.
+            if not first_acquisitions and not wrote_nothing(added):
                 _rebuild_utilization(spark, config, run_id)
 
         def write_utilization_from_this_run() -> None:
@@ -973,10 +981,9 @@ def run_all(
                 wanted = max(1, -(-rows // per_file))
                 if wanted < parts:
                     df = df.coalesce(wanted)
-            # A re-run's predictions (and saliency maps) equal the stored ones (deterministic
-            # CPU inference): those commit nothing.
-            only_changed = name in ("predictions", "saliency")
-            return merge_into(spark, df, path, name, fresh=name in fresh, only_changed=only_changed)
+            # Rows equal to the stored ones (a re-run; deterministic CPU inference) commit
+            # nothing (merge_into's only_changed).
+            return merge_into(spark, df, path, name, fresh=name in fresh)
 
         known = (lambda count: count) if exact else (lambda count: None)
         n_frame_errors = sum(int(r["n"]) for r in stats if r["kind"] == FRAME and r["error_class"])
@@ -987,7 +994,8 @@ def run_all(
                 {"run_id": F.lit(run_id), "ingested_at": F.current_timestamp()}
             )
             counts = write(stamped, "scans", known(n_scans))
-            refresh_series(spark, config, kept, run_id)  # series rebuilt from the new scans
+            # series rebuilt from the new scans (not when no scans row changed)
+            refresh_series(spark, config, kept, run_id, scans_changed=not wrote_nothing(counts))
             return counts
 
         steps = [

@@ -198,9 +198,22 @@ def test_run_equals_ingest_preprocess_infer(spark, inputs, tmp_path, where):
     for config in (steps, onepass):  # inference.saliency is off by default: no table
         assert not DeltaTable.isDeltaTable(spark, config.table_path("saliency"))
 
-    # A second run of the same input changes no row count and adds none (MERGE path).
+    # A second run of the same input changes no row and commits nothing to a data table.
+    written = ("scans", "ingest_errors", "images", "predictions", "restricted_acquisitions")
+    written += ("scanner_utilization", "series", "preprocess_errors")
+
+    def versions() -> dict[str, int]:
+        return {
+            t: DeltaTable.forPath(spark, onepass.table_path(t)).history(1).first()["version"]
+            for t in written
+        }
+
+    before = versions()
     again = run_all(spark, inputs, onepass, RunRecord(run_id="pass-2", job="run"))
-    assert again[0].scans_inserted == 0 and again[0].scans_updated == ingested.scans
-    for table in ("scans", "ingest_errors", "images", "predictions", "restricted_acquisitions"):
+    assert again[0].scans_inserted == 0 and again[0].scans_updated == 0
+    assert versions() == before
+    for table in written[:5]:
         first = _table(spark, steps, table).count()
         assert _table(spark, onepass, table).count() == first, table
+        ids = {r[0] for r in _table(spark, onepass, table).select("run_id").distinct().collect()}
+        assert "pass-2" not in ids, table

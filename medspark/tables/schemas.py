@@ -122,7 +122,16 @@ _RUN_FIELDS: list[StructField] = [
 #: Columns that say which run wrote a row and when, not what the row says: a re-run whose rows
 #: differ only in these changes nothing (``writers.merge_into(only_changed=True)``).
 BOOKKEEPING_COLUMNS = frozenset(
-    {"run_id", "ingested_at", "recorded_at", "processed_at", "predicted_at", "evaluated_at"}
+    {
+        "run_id",
+        "ingested_at",
+        "recorded_at",
+        "processed_at",
+        "predicted_at",
+        "evaluated_at",
+        "computed_at",
+        "segmented_at",
+    }
 )
 
 #: ``scans``: one row per DICOM instance, key ``sop_instance_uid``.

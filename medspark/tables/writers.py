@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -128,7 +129,7 @@ def merge_into(
     table: str,
     metrics: bool = False,
     fresh: bool = False,
-    only_changed: bool = False,
+    only_changed: bool = True,
     update_if: str | None = None,
 ) -> dict[str, int]:
     """:func:`_merge_into_once`, retried when it loses a commit race (:func:`with_retries`).
@@ -155,7 +156,7 @@ def _merge_into_once(
     table: str,
     metrics: bool = False,
     fresh: bool = False,
-    only_changed: bool = False,
+    only_changed: bool = True,
     update_if: str | None = None,
 ) -> dict[str, int]:
     """MERGE ``df`` into the Delta table at ``path`` on the table's key; returns Delta's metrics.
@@ -175,12 +176,14 @@ def _merge_into_once(
     MERGE.) ``fresh`` says the caller created the table empty in this run
     (:func:`create_tables`): append at once, without asking Delta.
 
-    ``only_changed`` merges only the rows of ``df`` that differ from the table's in some column
-    other than :data:`~medspark.tables.schemas.BOOKKEEPING_COLUMNS`, and commits nothing when
-    none does: a re-run on the same input then leaves the table at its version (Delta's MERGE
-    commits, and rewrites every file a match touches, even when an update condition keeps all
-    rows as they were). The comparison is one anti-join against the table; ``df`` should be
-    persisted by the caller, as it is read twice.
+    ``only_changed`` (the default) merges only the rows of ``df`` that differ from the table's
+    in some column other than :data:`~medspark.tables.schemas.BOOKKEEPING_COLUMNS`, and commits
+    nothing when none does: a re-run on the same input then leaves the table at its version and
+    each row with the ``run_id`` of the run that wrote it (Delta's MERGE commits, and rewrites
+    every file a match touches, even when an update condition keeps all rows as they were).
+    The comparison is one anti-join against the table, whose result is cached for the MERGE;
+    a table that lacks a declared column (written by an older release) is merged whole, so
+    that the MERGE adds the column.
 
     ``update_if`` (SQL over ``t``, the table, and ``s``, the new rows) limits which matched rows
     are updated; the others stay as they are (and are not counted as updated).
@@ -199,9 +202,31 @@ def _merge_into_once(
         history = _last_commit_metrics(DeltaTable.forPath(spark, path))
         return {"numTargetRowsInserted": history.get("numOutputRows", 0), **history}
     if only_changed:
-        source = _changed_rows(spark, source, path, table)
-        if source.isEmpty():
-            return {name: 0 for name in _MERGE_RESULT}
+        changed = _changed_rows(spark, source, path, table)
+        if changed is not None:
+            changed = changed.persist(StorageLevel.MEMORY_AND_DISK)
+            try:
+                if changed.isEmpty():
+                    return {name: 0 for name in _MERGE_RESULT}
+                return _merge(spark, changed, path, keys, update_if)
+            finally:
+                changed.unpersist()
+    return _merge(spark, source, path, keys, update_if)
+
+
+def wrote_nothing(counts: dict[str, int]) -> bool:
+    """Whether :func:`merge_into`'s counts say it committed nothing (every row was there).
+
+    A first-load append returns no counts (``{}``): that wrote rows."""
+    return bool(counts) and not any(counts.get(name, 0) for name in _MERGE_RESULT)
+
+
+def _merge(
+    spark: Any, source: DataFrame, path: str, keys: Sequence[str], update_if: str | None
+) -> dict[str, int]:
+    """One Delta MERGE of ``source`` into the table at ``path`` on ``keys``."""
+    from delta.tables import DeltaTable
+
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     result = (
         DeltaTable.forPath(spark, path)
@@ -237,7 +262,9 @@ def _replace_table_once(
 ) -> None:
     """Replace every row of the Delta table at ``path`` with ``df``, in one atomic commit.
 
-    For derived tables rebuilt whole on each run. As in :func:`merge_into`, a table this call
+    For derived tables rebuilt whole on each run. A table that already holds these rows
+    (bookkeeping columns aside: :func:`_same_rows`, two anti-joins of a small table) gets no
+    commit, as in :func:`merge_into`. As in :func:`merge_into`, a table this call
     creates is filled with an append: an overwrite first reads the table's state to remove its
     files, which on a fresh table is all cost and no use (2.2-3.5 s against 0.9-1.6 s for the
     append, warm, measured on ``scanner_utilization``; see bench/README.md).
@@ -248,6 +275,8 @@ def _replace_table_once(
     if not fresh:
         ensure_table(spark, path, table)
     rows = conform(df, table)
+    if existed and _same_rows(spark, rows, path, table):
+        return  # a re-run on the same input: the table stays at its version
     rows.write.format("delta").mode("overwrite" if existed else "append").save(path)
     if not existed and _filled_more_than_once(spark, path):
         # Blind appends never conflict in Delta: two writers filling a new table at once both
@@ -296,7 +325,8 @@ def _delete_matching_once(
     matches a row of ``keys``.
 
     Keys are compared null-safely, as in :func:`merge_into`. One atomic commit (a MERGE with
-    only a delete clause); returns Delta's ``numTargetRowsDeleted``. No table, nothing to do.
+    only a delete clause); returns Delta's ``numTargetRowsDeleted``. No table, or no matching
+    row, nothing to do and no commit.
     """
     from delta.tables import DeltaTable
 
@@ -306,6 +336,10 @@ def _delete_matching_once(
     target = DeltaTable.forPath(spark, path)
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in key_columns)
     source = keys.select(*key_columns).distinct()
+    current = target.toDF()
+    same = [source[k].eqNullSafe(current[k]) for k in key_columns]
+    if current.join(source, same, "left_semi").isEmpty():
+        return 0  # nothing to delete: no commit (a MERGE that deletes nothing still commits)
     result = target.alias("t").merge(source.alias("s"), condition).whenMatchedDelete().execute()
     return _merge_counts(result).get("numTargetRowsDeleted", 0)
 
@@ -318,13 +352,29 @@ _MERGE_RESULT = {
 }
 
 
-def _changed_rows(spark: Any, source: DataFrame, path: str, table: str) -> DataFrame:
-    """Rows of ``source`` with no identical row (bookkeeping columns aside) in the table."""
+def _changed_rows(spark: Any, source: DataFrame, path: str, table: str) -> DataFrame | None:
+    """Rows of ``source`` with no identical row (bookkeeping columns aside) in the table;
+    None when the table lacks one of the declared columns (every row is then to be merged)."""
     schema, _ = TABLES[table]
     compare = [n for n in schema.fieldNames() if n not in BOOKKEEPING_COLUMNS]
-    current = spark.read.format("delta").load(path).select(*compare)
+    current = spark.read.format("delta").load(path)
+    if not set(compare) <= set(current.columns):
+        return None
+    current = current.select(*compare)
     same = [source[n].eqNullSafe(current[n]) for n in compare]
     return source.join(current, same, "left_anti")
+
+
+def _same_rows(spark: Any, rows: DataFrame, path: str, table: str) -> bool:
+    """Whether the table at ``path`` holds exactly ``rows`` (as a multiset, bookkeeping
+    columns aside): then replacing it would change nothing."""
+    schema, _ = TABLES[table]
+    compare = [n for n in schema.fieldNames() if n not in BOOKKEEPING_COLUMNS]
+    current = spark.read.format("delta").load(path)
+    if not set(compare) <= set(current.columns):
+        return False
+    new, old = rows.select(*compare), current.select(*compare)
+    return new.exceptAll(old).isEmpty() and old.exceptAll(new).isEmpty()
 
 
 def _merge_counts(result: DataFrame) -> dict[str, int]:
@@ -436,3 +486,34 @@ def concurrently(*steps: Callable[[], Any]) -> list[Any]:
         if exc is not None:
             raise exc
     return results
+
+
+def this_run_or_pending(
+    spark: Any, rows: DataFrame, run_id: str, key: str, outcomes: Sequence[str]
+) -> DataFrame:
+    """The rows of ``rows`` (``scans``) that a follow-up step of ``run`` is to take: those this
+    run wrote (``run_id``), and those whose ``key`` has no row in any of the ``outcomes``
+    tables (paths) yet.
+
+    A re-run of unchanged input writes no ``scans`` row (:func:`merge_into`'s ``only_changed``),
+    so its own rows alone would be none; the second set is work an earlier run left undone
+    (killed between its ``scans`` commit and its follow-up step), which the re-run then does.
+    """
+    from delta.tables import DeltaTable
+
+    done = [
+        spark.read.format("delta").load(p).select(key)
+        for p in outcomes
+        if DeltaTable.isDeltaTable(spark, p)
+    ]
+    if not done:
+        return rows
+    seen = done[0]
+    for more in done[1:]:
+        seen = seen.unionByName(more)
+    flagged = seen.distinct().withColumn("_done", F.lit(True))
+    return (
+        rows.join(flagged, key, "left")
+        .where((F.col("run_id") == run_id) | F.col("_done").isNull())
+        .drop("_done")
+    )

@@ -164,16 +164,23 @@ def build_series(
     )
 
 
-def refresh_series(spark: Any, config: Any, touched: DataFrame, run_id: str) -> None:
+def refresh_series(
+    spark: Any, config: Any, touched: DataFrame, run_id: str, scans_changed: bool = True
+) -> None:
     """Rebuild the ``series`` rows of the series ``touched`` has instances of (MERGE).
 
     Called by ``ingest`` and ``run`` after their ``scans`` MERGE: a series whose instances
     arrive over several runs is rebuilt from all of its instances in ``scans``, not from this
-    run's only. Off when ``volumes.series`` is false.
+    run's only. Off when ``volumes.series`` is false. With ``scans_changed`` false (the
+    ``scans`` MERGE changed no row, as on a re-run) an existing ``series`` table stands.
     """
+    from delta.tables import DeltaTable
+
     from medspark.tables.writers import merge_into
 
     if not config.volumes.series:
+        return
+    if not scans_changed and DeltaTable.isDeltaTable(spark, config.table_path("series")):
         return
     scans = spark.read.format("delta").load(config.table_path("scans"))
     uids = touched.select("series_instance_uid").where(F.col("series_instance_uid").isNotNull())

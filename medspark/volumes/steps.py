@@ -373,9 +373,10 @@ def volumes(spark: Any, config: PipelineConfig, run_id: str) -> VolumesResult:
 def volumes_after_run(spark: Any, config: PipelineConfig, record: Any) -> VolumesResult | None:
     """``medspark run``'s volumes step (``volumes.in_run`` with a ``volumes.model``): the
     series this run wrote instances of (``scans.run_id``; all their instances, earlier ones
-    too) are segmented into ``series_segments`` / ``series_errors`` (and DICOM SEG files).
-    ``series`` itself was refreshed by the run. None (and no table touched) when the switch
-    is off or the run wrote no series."""
+    too), and the series of more than one frame that no run has segmented yet, are segmented
+    into ``series_segments`` / ``series_errors`` (and DICOM SEG files). ``series`` itself was
+    refreshed by the run. None (and no table touched) when the switch is off or there is no
+    such series."""
     from medspark.volumes.segment import check_volume_model
 
     if not config.volumes.in_run or config.volumes.model is None:
@@ -384,11 +385,7 @@ def volumes_after_run(spark: Any, config: PipelineConfig, record: Any) -> Volume
     task = volume_task(config)
     check_volume_model(task.model)  # checked before Spark started too (medspark.cli)
     scans = spark.read.format("delta").load(config.table_path("scans"))
-    touched = (
-        scans.where((F.col("run_id") == record.run_id) & F.col("series_instance_uid").isNotNull())
-        .select("series_instance_uid")
-        .distinct()
-    )
+    touched = _series_to_segment(spark, config, scans, record.run_id)
     if touched.isEmpty():
         return None
     result = VolumesResult(run_id=record.run_id, series=touched.count())
@@ -400,6 +397,29 @@ def volumes_after_run(spark: Any, config: PipelineConfig, record: Any) -> Volume
     record.rows_out["series_errors"] = sum(result.errors_by_class.values())
     record.errors = (record.errors or 0) + sum(result.errors_by_class.values())
     return result
+
+
+def _series_to_segment(
+    spark: Any, config: PipelineConfig, scans: DataFrame, run_id: str
+) -> DataFrame:
+    """Series UIDs (distinct) for :func:`volumes_after_run`: those this run wrote instances of,
+    and those of more than one frame (``series.frames``) with no row in ``series_segments`` or
+    ``series_errors`` (left undone by an earlier run: a re-run of unchanged input writes no
+    ``scans`` row, so it would not find them by its run id)."""
+    from delta.tables import DeltaTable
+
+    from medspark.tables.writers import this_run_or_pending
+
+    uids = scans.where(F.col("series_instance_uid").isNotNull())
+    series_path = config.table_path("series")
+    if DeltaTable.isDeltaTable(spark, series_path):
+        volumes = spark.read.format("delta").load(series_path).where(F.col("frames") > 1)
+        volumes = volumes.select("series_instance_uid")
+        mine = uids.where(F.col("run_id") == run_id)
+        uids = mine.unionByName(uids.join(volumes, "series_instance_uid", "left_semi"))
+    outcomes = [config.table_path(t) for t in ("series_segments", "series_errors")]
+    todo = this_run_or_pending(spark, uids, run_id, "series_instance_uid", outcomes)
+    return todo.select("series_instance_uid").distinct()
 
 
 def _segment_into_tables(

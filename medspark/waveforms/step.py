@@ -395,11 +395,14 @@ def record_waveforms(record: Any, result: WaveformsResult) -> None:
 
 def waveforms_after_run(spark: Any, config: Any, record: Any) -> WaveformsResult | None:
     """``medspark run``'s waveforms step: the instances with a waveform that this run wrote to
-    ``scans`` (``scans.run_id``), re-read and analysed; None (and no table touched) when there
-    are none. One more read of those items only: the one executor pass of ``run``
-    (:mod:`medspark.onepass`) does not decode waveforms yet."""
+    ``scans`` (``scans.run_id``), or that no run has analysed yet, re-read and analysed; None
+    (and no table touched) when there are none. One more read of those items only: the one
+    executor pass of ``run`` (:mod:`medspark.onepass`) does not decode waveforms yet."""
+    from medspark.tables.writers import this_run_or_pending
+
     scans = spark.read.format("delta").load(config.table_path("scans"))
-    mine = scans.where(F.col("run_id") == record.run_id)
+    outcomes = [config.table_path(t) for t in ("waveforms", "waveform_errors")]
+    mine = this_run_or_pending(spark, scans, record.run_id, "sop_instance_uid", outcomes)
     if waveform_instances(mine).isEmpty():
         return None
     result = run_waveforms(spark, config, record.run_id, mine)
