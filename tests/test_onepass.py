@@ -215,5 +215,6 @@ def test_run_equals_ingest_preprocess_infer(spark, inputs, tmp_path, where):
     for table in written[:5]:
         first = _table(spark, steps, table).count()
         assert _table(spark, onepass, table).count() == first, table
+    for table in ("scans", "ingest_errors", "images", "predictions", "series"):
         ids = {r[0] for r in _table(spark, onepass, table).select("run_id").distinct().collect()}
         assert "pass-2" not in ids, table

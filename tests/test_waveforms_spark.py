@@ -131,7 +131,7 @@ def test_scanner_utilization_counts_ecg_carts(spark, warehouse):
 
 
 def test_medspark_run_hook_takes_the_waveforms_of_its_own_run(spark, warehouse):
-    """Runs last: it writes the tables a second time (same rows, run id ingest-1)."""
+    """Runs last: it analyses the instances a second time (same rows, so nothing written)."""
     from medspark.metrics.runs import RunRecord
     from medspark.waveforms.step import waveforms_after_run
 
@@ -142,7 +142,19 @@ def test_medspark_run_hook_takes_the_waveforms_of_its_own_run(spark, warehouse):
     assert (result.instances, result.channels, result.measured) == (6, 72, 4)
     assert record.rows_out == {"waveforms": 72, "ecg_metrics": 65, "waveform_errors": 1}
     assert record.items_in == 8 and record.errors == 1
-    # The re-run updated every row in place (MERGE on the keys) and added none.
+    # The re-run found every row as it was: it added none, and each keeps the id of the run
+    # that wrote it (no commit: merge_into's only_changed).
     for table, rows in (("waveforms", 72), ("ecg_metrics", 65), ("waveform_errors", 1)):
         runs = [r["run_id"] for r in _load(spark, warehouse, table).select("run_id").collect()]
-        assert len(runs) == rows and set(runs) == {"ingest-1"}, table
+        assert len(runs) == rows and set(runs) == {"run-1"}, table
+    # An instance no run has analysed (as after a run killed between its scans commit and its
+    # waveforms step): a later run's hook takes it although that run wrote no scans row.
+    from delta.tables import DeltaTable
+
+    real = _sop_by_file(spark, warehouse)["real.dcm"]
+    for table in ("waveforms", "ecg_metrics"):
+        DeltaTable.forPath(spark, config.table_path(table)).delete(f"sop_instance_uid = '{real}'")
+    later = waveforms_after_run(spark, config, RunRecord(run_id="later", job="run"))
+    assert later is not None and later.instances == 1
+    restored = _load(spark, warehouse, "waveforms").where(f"sop_instance_uid = '{real}'")
+    assert {r["run_id"] for r in restored.collect()} == {"later"}

@@ -336,9 +336,12 @@ def _delete_matching_once(
     target = DeltaTable.forPath(spark, path)
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in key_columns)
     source = keys.select(*key_columns).distinct()
-    current = target.toDF()
-    same = [source[k].eqNullSafe(current[k]) for k in key_columns]
-    if current.join(source, same, "left_semi").isEmpty():
+    if (
+        target.toDF()
+        .alias("t")
+        .join(source.alias("s"), _same("t", "s", key_columns), "left_semi")
+        .isEmpty()
+    ):
         return 0  # nothing to delete: no commit (a MERGE that deletes nothing still commits)
     result = target.alias("t").merge(source.alias("s"), condition).whenMatchedDelete().execute()
     return _merge_counts(result).get("numTargetRowsDeleted", 0)
@@ -361,8 +364,14 @@ def _changed_rows(spark: Any, source: DataFrame, path: str, table: str) -> DataF
     if not set(compare) <= set(current.columns):
         return None
     current = current.select(*compare)
-    same = [source[n].eqNullSafe(current[n]) for n in compare]
-    return source.join(current, same, "left_anti")
+    return source.alias("s").join(current.alias("t"), _same("s", "t", compare), "left_anti")
+
+
+def _same(left: str, right: str, columns: Sequence[str]) -> list[Any]:
+    """Null-safe equality of ``columns`` between the DataFrames aliased ``left`` and ``right``
+    (by alias, so that two sides read from the same table do not compare a column with
+    itself)."""
+    return [F.col(f"{left}.`{c}`").eqNullSafe(F.col(f"{right}.`{c}`")) for c in columns]
 
 
 def _same_rows(spark: Any, rows: DataFrame, path: str, table: str) -> bool:
