@@ -387,9 +387,7 @@ def preprocess(spark: Any, config: PipelineConfig, run_id: str | None = None) ->
             if r["error_class"] is None and r["burned_in_action"] == BURNED_IN_WITHHELD
         )
         steps = [
-            lambda: merge_into(
-                spark, stamped_images, config.table_path("images"), "images", metrics=True
-            ),
+            lambda: merge_into(spark, stamped_images, config.table_path("images"), "images"),
             lambda: write_worker_metrics(spark, config, frames, "preprocess", run_id),
             lambda: merge_into(
                 spark, stamped_errors, config.table_path("preprocess_errors"), "preprocess_errors"
@@ -399,15 +397,16 @@ def preprocess(spark: Any, config: PipelineConfig, run_id: str | None = None) ->
             ensure_restricted_root(config)
             path = config.table_path("restricted_images")
             steps.append(lambda: merge_into(spark, restricted, path, "restricted_images"))
-        metrics, *_ = concurrently(*steps)
+        concurrently(*steps)
         frames.unpersist()
     finally:
         instances.unpersist()
-    written = metrics.get("numTargetRowsInserted", 0) + metrics.get("numTargetRowsUpdated", 0)
+    # Frames processed (each has its images row), whether or not the write changed the row.
+    processed = sum(int(r["n"]) for r in counts if r["error_class"] is None)
     return PreprocessResult(
         run_id=run_id,
         instances=n_instances,
-        frames=written,
+        frames=processed,
         errors_by_class=by_class,
         seconds=time.monotonic() - start,
         config_hash=chain_hash,
@@ -1041,7 +1040,7 @@ def run_all(
         if locates(settings.pseudonymizer):
             items = out.where(F.col("kind").isin(SCAN, INGEST_ERROR))
             steps.append(lambda: _write_locations(spark, config, items, run_id))
-        scan_counts, _, _, image_counts, _, prediction_counts, *_ = concurrently(*steps)
+        scan_counts, _, _, _, _, prediction_counts, *_ = concurrently(*steps)
         write_metric_rows(config, metric_rows, "run", run_id)
         cleared = delete_matching(spark, kept, errors_path, "ingest_errors") if had_errors else 0
         if exact:
@@ -1073,7 +1072,7 @@ def run_all(
     preprocessed = PreprocessResult(
         run_id=run_id,
         instances=pixel_instances_n,
-        frames=_written(image_counts, n_images),
+        frames=n_images,
         errors_by_class=frame_classes,
         seconds=seconds,
         config_hash=config.preprocess.chain().config_hash(),
@@ -1114,13 +1113,6 @@ _METRIC_COLUMNS = frozenset(
         "gpu_memory_bytes",
     }
 )
-
-
-def _written(counts: dict[str, int], appended: int) -> int:
-    """Rows a write touched: a MERGE's inserted + updated, else (an append) ``appended``."""
-    if not counts:
-        return appended
-    return counts.get("numTargetRowsInserted", 0) + counts.get("numTargetRowsUpdated", 0)
 
 
 def _pass_stats(out: DataFrame) -> list[Any]:

@@ -140,9 +140,20 @@ def test_scanner_utilization_rebuild_replaces_the_table(spark, flow):
         (r.modality, r.station_name, str(r.day), r.instances)
         for r in _table(spark, flow, "scanner_utilization").collect()
     )
-    # The first rebuild created the table (an append); a later one must overwrite, not add.
+    from delta.tables import DeltaTable
+
+    # The first rebuild created the table (an append). A rebuild from the same acquisitions
+    # changes nothing and commits nothing; one that changes a figure overwrites, not adds.
     args = (config.table_path("restricted_acquisitions"), config.table_path("scanner_utilization"))
-    rebuild(spark, *args, "rebuild-again", config.metrics.study_span_cap_hours)
+    table = DeltaTable.forPath(spark, args[1])
+    version = table.history(1).first()["version"]
+    rebuild(spark, *args, "rebuild-same", config.metrics.study_span_cap_hours)
+    assert table.history(1).first()["version"] == version
+    assert "rebuild-same" not in {
+        r.run_id for r in _table(spark, flow, "scanner_utilization").collect()
+    }
+    rebuild(spark, *args, "rebuild-again", config.metrics.study_span_cap_hours / 1000)
     after = _table(spark, flow, "scanner_utilization").collect()
     assert sorted((r.modality, r.station_name, str(r.day), r.instances) for r in after) == before
     assert {r.run_id for r in after} == {"rebuild-again"}
+    assert table.history(1).first()["version"] == version + 1

@@ -204,7 +204,11 @@ def test_volumes_segments_the_sphere_and_reports_bad_series(
     assert sorted(r["series_instance_uid"] for r in segments) == sorted(
         pseudo.uid(UIDS[k]) for k in ("sphere", "corrupt")
     )
-    assert {r["run_id"] for r in segments} == {ingest_run}
+    # The sphere's row was there, unchanged: it keeps the first run's id (no commit for it).
+    assert {r["series_instance_uid"]: r["run_id"] for r in segments} == {
+        pseudo.uid(UIDS["sphere"]): result.run_id,
+        pseudo.uid(UIDS["corrupt"]): ingest_run,
+    }
     # The rerun wrote the same SEG bytes at the same path; the restored series got its own.
     assert result.seg_files == 1 and again.seg_files == 2
     paths = sorted((Path(config.warehouse) / "segmentations").rglob("*"))
