@@ -22,8 +22,10 @@ Both are timed from process launch by this parent (interpreter start, imports, f
 JVM and the Python workers). Printed: seconds and the ratio plain/medspark per size (higher is
 better for medspark, 1.0 = parity), the fixed cost (the 20-slice run), the marginal ratio
 between the two largest sizes ((plain(b) - plain(a)) / (medspark(b) - medspark(a)): the
-extra images per extra second of medspark against the script's), and the Spark jobs one
-``run`` starts (counted in-process on the smallest size, with their call sites).
+extra images per extra second of medspark against the script's), the same ``run`` again on
+the smallest size's input and warehouse (a re-run of unchanged input, which commits nothing),
+and the Spark jobs a first-load ``run`` and its re-run start (counted in-process on the
+smallest size, with their call sites).
 
 Usage: ``python bench/bench_run.py [--sizes 20 2000 8000] [--repeat 1] [--json out.json]``.
 """
@@ -146,8 +148,11 @@ def _count_rows(warehouse: Path, table: str) -> int:
     return DeltaTable(str(warehouse / table)).to_pyarrow_dataset().count_rows()
 
 
-def spark_jobs(src: Path, workdir: Path) -> list[str]:
-    """The Spark jobs one ``run`` starts on ``src`` (a first load), by call site."""
+def spark_jobs(src: Path, workdir: Path) -> dict[str, list[str]]:
+    """The Spark jobs of a first-load ``run`` on ``src`` (``first``) and of a second ``run`` of
+    the same input into the same warehouse (``rerun``), by call site."""
+    import urllib.request
+
     from medspark.config import load_config, with_overrides
     from medspark.metrics.runs import recorded_run
     from medspark.pipeline import new_run_id, run_all
@@ -159,17 +164,20 @@ def spark_jobs(src: Path, workdir: Path) -> list[str]:
     config = with_overrides(load_config(None), warehouse=str(warehouse))
     spark = build_session(config.spark)
     try:
-        with recorded_run(spark, config, "run", new_run_id()) as record:
-            run_all(spark, [str(src)], config, record)
+        groups: dict[str, str] = {}
+        for which in ("first", "rerun"):
+            with recorded_run(spark, config, "run", new_run_id()) as record:
+                run_all(spark, [str(src)], config, record)
+            groups[which] = record.run_id
         tracker = spark.sparkContext.statusTracker()
-        ids = sorted(tracker.getJobIdsForGroup(record.run_id))
-        import urllib.request
-
         sc = spark.sparkContext
         app = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}"
         with urllib.request.urlopen(f"{app}/jobs") as resp:  # noqa: S310 - local driver UI
             names = {j["jobId"]: j["name"] for j in json.loads(resp.read())}
-        return [f"{i}: {names.get(i, '?')}" for i in ids]
+        return {
+            which: [f"{i}: {names.get(i, '?')}" for i in sorted(tracker.getJobIdsForGroup(g))]
+            for which, g in groups.items()
+        }
     finally:
         spark.stop()
 
@@ -193,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = {**os.environ, "MEDSPARK_DEID_SECRET": os.environ.get("MEDSPARK_DEID_SECRET", "bench")}
     medspark = str(Path(sys.executable).with_name("medspark"))
     results: list[dict[str, Any]] = []
-    jobs: list[str] = []
+    jobs: dict[str, list[str]] = {}
     for n in sorted(args.sizes):
         src = workdir / f"ct{n}"
         if not src.exists():
@@ -236,9 +244,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             predictions = _count_rows(wh, "predictions")
             if images != n or predictions != n:
                 sys.exit(f"medspark wrote {images} images, {predictions} predictions for {n}")
-            results.append({"slices": n, "repeat": r, "plain_s": plain, "medspark_s": ms})
+            row = {"slices": n, "repeat": r, "plain_s": plain, "medspark_s": ms}
+            if n == min(args.sizes):  # the same command again on the same input and warehouse
+                row["rerun_s"] = _timed(
+                    [medspark, "run", str(src), "--warehouse", str(wh)]
+                    + ["--master", f"local[{args.cores}]"],
+                    env,
+                )
+            results.append(row)
             print(
-                f"[{n}] plain {plain:.2f} s, medspark {ms:.2f} s, ratio {plain / ms:.2f}x",
+                f"[{n}] plain {plain:.2f} s, medspark {ms:.2f} s, ratio {plain / ms:.2f}x"
+                + (f"; re-run {row['rerun_s']:.2f} s" if "rerun_s" in row else ""),
                 flush=True,
             )
 
@@ -277,9 +293,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"marginal ratio {summary['marginal_between']}: {summary['marginal_ratio']:.2f}x; "
             f"whole command at {sizes[-1]}: {summary['whole_ratio_largest']:.2f}x"
         )
-    print(f"Spark jobs of one run on {sizes[0]} slices: {len(jobs)}")
-    for j in jobs:
-        print(f"  {j}")
+    summary["rerun_s"] = min(r["rerun_s"] for r in results if "rerun_s" in r)
+    print(
+        f"re-run of the {sizes[0]}-slice run (same input and warehouse): {summary['rerun_s']:.2f} s"
+    )
+    for which, listed in jobs.items():
+        print(f"Spark jobs of the {which} run on {sizes[0]} slices: {len(listed)}")
+        for j in listed:
+            print(f"  {j}")
     if args.json:
         args.json.write_text(
             json.dumps({"results": results, "summary": summary, "jobs": jobs}, indent=2) + "\n"

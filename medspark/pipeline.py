@@ -218,6 +218,22 @@ def _is_table(spark: Any, path: str) -> bool:
     return bool(DeltaTable.isDeltaTable(spark, path))
 
 
+def _stored_from_other_items(candidates: DataFrame, existing: DataFrame) -> bool:
+    """Whether ``scans`` (``existing``) holds one of the candidates' SOP Instance UIDs from
+    another item (location): then :func:`~medspark.steps.resolve_duplicates` rejects some
+    candidate. One join over three columns; the same items again (a re-run) are no conflict."""
+    mine = candidates.select("sop_instance_uid", "source_uri", "archive_member")
+    stored = existing.select(
+        "sop_instance_uid",
+        F.col("source_uri").alias("_uri"),
+        F.col("archive_member").alias("_member"),
+    )
+    same = F.col("source_uri").eqNullSafe(F.col("_uri")) & F.col("archive_member").eqNullSafe(
+        F.col("_member")
+    )
+    return not mine.join(stored, "sop_instance_uid").where(~same).isEmpty()
+
+
 def _existing(spark: Any, path: str) -> DataFrame | None:
     return spark.read.format("delta").load(path) if _is_table(spark, path) else None
 
@@ -906,9 +922,12 @@ def run_all(
             *[f.name for f in SOURCE_FIELDS], "error_class", F.col("error_message").alias("message")
         )
         distinct = sum(int(r["sops"]) for r in stats if r["kind"] == SCAN)
-        # Fast path (a first load without duplicate UIDs, the common case): every candidate is
-        # kept, every frame belongs to a kept item, and the counts above are exact.
-        exact = existing is None and distinct == n_scans
+        # Fast path (no duplicate UID in the input, none stored from another item: a first
+        # load, or a re-run of the same input): every candidate is kept, every frame belongs
+        # to a kept item, and the counts above are exact.
+        exact = distinct == n_scans and (
+            existing is None or not _stored_from_other_items(candidates, existing)
+        )
         if exact:
             kept, errors = candidates, read_errors
         else:
