@@ -71,7 +71,7 @@ class PreprocessResult:
     def summary(self) -> str:
         lines = [
             f"run {self.run_id}: {self.instances} instance(s) with pixels, "
-            f"{self.frames} frame(s) written in {self.seconds:.1f} s "
+            f"{self.frames} frame(s) processed in {self.seconds:.1f} s "
             f"({self.images_per_second:.1f} images/s)",
             f"  chain {self.config_hash[:12]}",
         ]

@@ -171,7 +171,7 @@ def test_medspark_run_end_to_end(tmp_path, test_files):
     out = proc.stdout
     assert "4 item(s) read" in out  # three DICOM files and a text file
     assert "not_dicom" in out
-    assert "2 frame(s) written" in out  # CT_small and MR_small; rtplan has no pixels
+    assert "2 frame(s) processed" in out  # CT_small and MR_small; rtplan has no pixels
     assert "slowest stage" in out
     for table in ("scans", "ingest_errors", "images", "predictions", "job_runs"):
         assert (wh / table / "_delta_log").is_dir(), table
