@@ -15,6 +15,7 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -355,16 +356,26 @@ _MERGE_RESULT = {
 }
 
 
-def _changed_rows(spark: Any, source: DataFrame, path: str, table: str) -> DataFrame | None:
-    """Rows of ``source`` with no identical row (bookkeeping columns aside) in the table;
-    None when the table lacks one of the declared columns (every row is then to be merged)."""
+def _stored_content(spark: Any, path: str, table: str) -> DataFrame | None:
+    """The table's rows without :data:`~medspark.tables.schemas.BOOKKEEPING_COLUMNS`: what a
+    re-run's rows are compared with. None when the table lacks one of the declared columns
+    (written by an older release): then nothing compares equal."""
     schema, _ = TABLES[table]
     compare = [n for n in schema.fieldNames() if n not in BOOKKEEPING_COLUMNS]
     current = spark.read.format("delta").load(path)
     if not set(compare) <= set(current.columns):
         return None
-    current = current.select(*compare)
-    return source.alias("s").join(current.alias("t"), _same("s", "t", compare), "left_anti")
+    return current.select(*compare)
+
+
+def _changed_rows(spark: Any, source: DataFrame, path: str, table: str) -> DataFrame | None:
+    """Rows of ``source`` with no identical row (bookkeeping columns aside) in the table;
+    None when the table lacks one of the declared columns (every row is then to be merged)."""
+    current = _stored_content(spark, path, table)
+    if current is None:
+        return None
+    same = _same("s", "t", current.columns)
+    return source.alias("s").join(current.alias("t"), same, "left_anti")
 
 
 def _same(left: str, right: str, columns: Sequence[str]) -> list[Any]:
@@ -377,12 +388,10 @@ def _same(left: str, right: str, columns: Sequence[str]) -> list[Any]:
 def _same_rows(spark: Any, rows: DataFrame, path: str, table: str) -> bool:
     """Whether the table at ``path`` holds exactly ``rows`` (as a multiset, bookkeeping
     columns aside): then replacing it would change nothing."""
-    schema, _ = TABLES[table]
-    compare = [n for n in schema.fieldNames() if n not in BOOKKEEPING_COLUMNS]
-    current = spark.read.format("delta").load(path)
-    if not set(compare) <= set(current.columns):
+    old = _stored_content(spark, path, table)
+    if old is None:
         return False
-    new, old = rows.select(*compare), current.select(*compare)
+    new = rows.select(*old.columns)
     return new.exceptAll(old).isEmpty() and old.exceptAll(new).isEmpty()
 
 
@@ -517,10 +526,7 @@ def this_run_or_pending(
     ]
     if not done:
         return rows
-    seen = done[0]
-    for more in done[1:]:
-        seen = seen.unionByName(more)
-    flagged = seen.distinct().withColumn("_done", F.lit(True))
+    flagged = reduce(DataFrame.unionByName, done).distinct().withColumn("_done", F.lit(True))
     return (
         rows.join(flagged, key, "left")
         .where((F.col("run_id") == run_id) | F.col("_done").isNull())
