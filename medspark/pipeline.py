@@ -222,16 +222,9 @@ def _stored_from_other_items(candidates: DataFrame, existing: DataFrame) -> bool
     """Whether ``scans`` (``existing``) holds one of the candidates' SOP Instance UIDs from
     another item (location): then :func:`~medspark.steps.resolve_duplicates` rejects some
     candidate. One join over three columns; the same items again (a re-run) are no conflict."""
-    mine = candidates.select("sop_instance_uid", "source_uri", "archive_member")
-    stored = existing.select(
-        "sop_instance_uid",
-        F.col("source_uri").alias("_uri"),
-        F.col("archive_member").alias("_member"),
-    )
-    same = F.col("source_uri").eqNullSafe(F.col("_uri")) & F.col("archive_member").eqNullSafe(
-        F.col("_member")
-    )
-    return not mine.join(stored, "sop_instance_uid").where(~same).isEmpty()
+    item = ["sop_instance_uid", "source_uri", "archive_member"]
+    mine, stored = candidates.select(*item).alias("s"), existing.select(*item).alias("t")
+    return not mine.join(stored, "sop_instance_uid").where(~F.expr(SAME_ITEM)).isEmpty()
 
 
 def _existing(spark: Any, path: str) -> DataFrame | None:
