@@ -105,3 +105,11 @@ def scans_row(path: Path) -> dict[str, Any]:
         source_uri=to_uri(path), archive_member=None, sha256=hashlib.sha256(data).hexdigest()
     )
     return row
+
+
+def table_versions(paths: dict[str, Any]) -> dict[str, int]:
+    """``{name: current Delta version}`` of the tables at ``paths`` (read with delta-rs: no
+    Spark job). Equal before and after a run: the run committed nothing to them."""
+    from deltalake import DeltaTable
+
+    return {name: DeltaTable(str(path)).version() for name, path in paths.items()}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
+from helpers import table_versions
 from pyspark.sql import functions as F
 
 from medspark.config import PipelineConfig, with_overrides
@@ -78,7 +79,7 @@ def warehouse(spark, layout, tmp_path_factory):
     wh = tmp_path_factory.mktemp("warehouse")
     config = with_overrides(PipelineConfig(), warehouse=str(wh))
     first = ingest(spark, layout["sources"], config)
-    versions = _versions(spark, wh)
+    versions = _versions(wh)
     second = ingest(spark, layout["sources"], config)
     from medspark.dicom.deid import pseudonymizer_from_config
 
@@ -89,7 +90,7 @@ def warehouse(spark, layout, tmp_path_factory):
         "first": first,
         "second": second,
         "ct_sop": ct_sop,
-        "versions": (versions, _versions(spark, wh)),
+        "versions": (versions, _versions(wh)),
     }
 
 
@@ -97,13 +98,8 @@ def warehouse(spark, layout, tmp_path_factory):
 INGEST_TABLES = ("scans", "ingest_errors", "series", "scanner_utilization")
 
 
-def _versions(spark, wh) -> dict[str, int]:
-    from delta.tables import DeltaTable
-
-    return {
-        name: DeltaTable.forPath(spark, str(wh / name)).history(1).collect()[0]["version"]
-        for name in INGEST_TABLES
-    }
+def _versions(wh) -> dict[str, int]:
+    return table_versions({name: wh / name for name in INGEST_TABLES})
 
 
 def _table(spark, wh, name):

@@ -14,7 +14,7 @@ import zipfile
 
 import pydicom
 import pytest
-from helpers import RUN_COLUMNS, assert_rows_equal
+from helpers import RUN_COLUMNS, assert_rows_equal, table_versions
 from pydicom.encaps import encapsulate, generate_frames
 
 from medspark.config import DeidConfig, PipelineConfig, with_overrides
@@ -205,10 +205,7 @@ def test_run_equals_ingest_preprocess_infer(spark, inputs, tmp_path, where):
     written += ("scanner_utilization", "series", "preprocess_errors")
 
     def versions() -> dict[str, int]:
-        return {
-            t: DeltaTable.forPath(spark, onepass.table_path(t)).history(1).first()["version"]
-            for t in written
-        }
+        return table_versions({t: onepass.table_path(t) for t in written})
 
     before = versions()
     with job_group(spark, "pass-2", "re-run"):
