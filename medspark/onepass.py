@@ -103,11 +103,12 @@ def limits(ingest: Any) -> Any:
 class PassSettings:
     """Everything the executor needs; pickled into the ``mapInArrow`` closure.
 
+    ``preprocess`` None means no frame is decoded (``ingest``: scan and error rows only);
     ``pseudonymizer`` None means de-identification is off; ``predict`` None means no model.
     """
 
     limits: Any  # medspark.sources.archives.Limits
-    preprocess: Any  # medspark.preprocess.udf.PreprocessSettings
+    preprocess: Any | None  # medspark.preprocess.udf.PreprocessSettings
     pseudonymizer: Any | None  # medspark.dicom.deid.Pseudonymizer
     predict: Any | None  # medspark.inference.predict.PredictSettings
     batch_size: int = 64
@@ -203,7 +204,7 @@ def process_units(
         if locate is not None:
             locate(row)  # location keys in place of paths (deid.keep_paths off)
         yield row
-        if data is None:
+        if data is None or settings.preprocess is None:
             continue
         seconds_read = time.perf_counter() - t_read  # read, hash, parse, de-identify
         for frame_row in process_item(data, key, settings.preprocess):
@@ -297,9 +298,14 @@ def saliency_row(result: dict[str, Any], i: int) -> dict[str, Any]:
     }
 
 
+#: Rows of one output batch at most, whatever their kind (headers of a large archive, say).
+MAX_BATCH_ROWS = 4096
+
+
 def pass_batches(batches: Iterator[Any], settings: PassSettings) -> Iterator[Any]:
     """``mapInArrow`` body: rows of pickled ``(units, errors)`` in, :data:`PASS` rows out, in
-    batches of at most ``preprocess.frames_per_batch`` frames, each followed by its metrics."""
+    batches of at most ``preprocess.frames_per_batch`` frames and :data:`MAX_BATCH_ROWS` rows,
+    each followed by its metrics."""
     import pickle
 
     import cv2
@@ -315,7 +321,7 @@ def pass_batches(batches: Iterator[Any], settings: PassSettings) -> Iterator[Any
     partition = ctx.partitionId() if ctx is not None else 0
     schema = to_arrow_schema(PASS, timezone="UTC")
     names = schema.names
-    limit = settings.preprocess.frames_per_batch
+    limit = settings.preprocess.frames_per_batch if settings.preprocess is not None else 0
     batch_index = 0
 
     def flush(rows: list[dict[str, Any]], started: float) -> Any:
@@ -350,7 +356,7 @@ def pass_batches(batches: Iterator[Any], settings: PassSettings) -> Iterator[Any
             for row in process_units(units, errors, settings):
                 rows.append(row)
                 n_frames += row["kind"] == FRAME
-                if n_frames >= limit:
+                if (limit and n_frames >= limit) or len(rows) >= MAX_BATCH_ROWS:
                     yield flush(rows, started)
                     rows, n_frames, started = [], 0, time.perf_counter()
             if rows:

@@ -25,10 +25,8 @@ from pyspark.sql.types import StringType
 from medspark.config import PipelineConfig
 from medspark.dicom.deid import (
     ORIGINAL_LOCATION,
-    deidentify_scans,
     locate_sources,
     locates,
-    phi_map,
     pseudonymizer_from_config,
     restore_sources,
 )
@@ -54,11 +52,9 @@ from medspark.steps import (
     predict_frames,
     preprocess_frames,
     preprocess_settings,
-    read_instances,
     resolve_duplicates,
     saliency_rows,
     split_frames,
-    split_instances,
     split_withheld,
 )
 from medspark.tables.schemas import SOURCE_FIELDS
@@ -92,14 +88,12 @@ __all__ = [
     "preprocess",
     "preprocess_frames",
     "preprocess_settings",
-    "read_instances",
     "record_infer",
     "record_ingest",
     "record_preprocess",
     "resolve_duplicates",
     "run_all",
     "split_frames",
-    "split_instances",
     "write_metric_rows",
     "write_worker_metrics",
 ]
@@ -108,21 +102,6 @@ __all__ = [
 def new_run_id() -> str:
     """A sortable, unique run id: UTC time plus random suffix."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
-
-
-def _record_acquisitions(
-    spark: Any, config: PipelineConfig, raw: DataFrame, kept: DataFrame
-) -> dict[str, int]:
-    """Keep true acquisition times (restricted table); see :func:`_rebuild_utilization`.
-    Returns the MERGE's counts (all zero when every acquisition was there already)."""
-    from medspark.metrics.utilization import acquisitions
-
-    return merge_into(
-        spark,
-        acquisitions(raw, kept),
-        config.table_path("restricted_acquisitions"),
-        "restricted_acquisitions",
-    )
 
 
 def with_paths(spark: Any, config: PipelineConfig, df: DataFrame) -> DataFrame:
@@ -234,114 +213,28 @@ def _existing(spark: Any, path: str) -> DataFrame | None:
 def ingest(
     spark: Any, sources: Sequence[str], config: PipelineConfig, run_id: str | None = None
 ) -> IngestResult:
-    """Ingest scan inputs into the ``scans`` and ``ingest_errors`` Delta tables.
+    """Ingest scan inputs into ``scans`` and ``ingest_errors`` (and the tables beside them:
+    ``series``, ``restricted_acquisitions``, ``scanner_utilization``, the restricted maps).
 
-    Idempotent: MERGE on ``sop_instance_uid`` for scans and on ``source_uri`` +
+    The pass of ``run`` with decoding off (:func:`prepare_pass`): each item read, hashed,
+    parsed and de-identified once, by the same code, and committed by the same
+    :func:`_commit_pass`, which also settles SOP Instance UIDs a concurrent ingest stored from
+    other items. Idempotent: MERGE on ``sop_instance_uid`` for scans and on ``source_uri`` +
     ``archive_member`` for errors. Bad inputs become error rows; only a failure of the job
     itself (Spark, the warehouse) raises.
     """
     start = time.monotonic()
     run_id = run_id or new_run_id()
-    scans_path = config.table_path("scans")
-    errors_path = config.table_path("ingest_errors")
-    utilization_path = config.table_path("scanner_utilization")
-    had_errors = _is_table(spark, errors_path)
-    ensure_restricted_root(config)
-
-    pseudonymizer = pseudonymizer_from_config(config.deid)  # None when deid.enabled is false
-    # Location keys in place of paths from the start, so every comparison with the tables
-    # (duplicates, cleared errors) is between keys.
-    instances = locate_sources(
-        read_instances(spark, sources, config), pseudonymizer, message="error_message"
-    ).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        items = instances.count()
-        candidates, read_errors = split_instances(instances)
-        # The one place between parsing and writing where identity leaves the data.
-        scans, duplicate_errors = resolve_duplicates(
-            deidentify_scans(candidates, pseudonymizer), _existing(spark, scans_path)
-        )
-        scans = scans.persist(StorageLevel.MEMORY_AND_DISK)  # used by two writes below
-        stamp = {"run_id": F.lit(run_id), "ingested_at": F.current_timestamp()}
-        errors = (
-            read_errors.unionByName(duplicate_errors)
-            .withColumn("run_id", F.lit(run_id))
-            .withColumn("recorded_at", F.current_timestamp())
-            .persist(StorageLevel.MEMORY_AND_DISK)
-        )
-
-        def write_errors() -> dict[str, int]:
-            # The count computes (and caches) the errors; the write then reads the cache.
-            counts = errors.groupBy("error_class").agg(F.count("*").alias("n")).collect()
-            merge_into(spark, errors, errors_path, "ingest_errors")
-            return {r["error_class"]: int(r["n"]) for r in counts}
-
-        def write_acquisitions() -> None:
-            # scanner_utilization is rebuilt from restricted_acquisitions, so after it; when
-            # no acquisition is new (a re-run), it stands as it is.
-            added = _record_acquisitions(spark, config, candidates, scans)
-            if not wrote_nothing(added) or not _is_table(spark, utilization_path):
-                _rebuild_utilization(spark, config, run_id)
-
-        def write_scans() -> dict[str, int]:
-            counts = merge_into(
-                spark,
-                scans.withColumns(stamp),
-                scans_path,
-                "scans",
-                metrics=True,
-                update_if=SAME_ITEM,
-            )
-            # series rebuilt from the new scans (not when no scans row changed)
-            refresh_series(spark, config, scans, run_id, scans_changed=not wrote_nothing(counts))
-            return counts
-
-        steps = [
-            write_scans,
-            write_errors,
-            write_acquisitions,
-        ]
-        if pseudonymizer is not None and config.deid.phi_map:
-            phi_rows = phi_map(candidates, pseudonymizer).withColumns(
-                {"run_id": F.lit(run_id), "recorded_at": F.current_timestamp()}
-            )
-            phi_path = config.table_path("restricted_phi_map")
-            steps.append(lambda: merge_into(spark, phi_rows, phi_path, "restricted_phi_map"))
-        if locates(pseudonymizer):
-            steps.append(lambda: _write_locations(spark, config, instances, run_id))
-        # Independent writes, one driver thread each. Two of them read the de-identified scans;
-        # they share one computation of the cache, because a task that needs a cached block
-        # another task is still writing waits for it (Spark's BlockInfoManager: the first
-        # writer wins) instead of computing it again.
-        scan_metrics, by_class, *_ = concurrently(*steps)
-        # A concurrent run may have stored some of these SOP Instance UIDs from other items.
-        late = _settle_duplicates(spark, scans, scans_path, run_id).persist()
-        stored = scans
-        # Settled rows may be the other run's items (it settles the same way): counted there.
-        where = [late[c].eqNullSafe(scans[c]) for c in ("source_uri", "archive_member")]
-        own = late.join(scans, where, "left_semi")
-        late_counts = own.groupBy("error_class").agg(F.count("*").alias("n")).collect()
-        for r in late_counts:
-            by_class[r["error_class"]] = by_class.get(r["error_class"], 0) + int(r["n"])
-        if late.take(1):
-            merge_into(spark, late, errors_path, "ingest_errors")
-            item = ["sop_instance_uid", "source_uri", "archive_member"]
-            delete_matching(spark, late, scans_path, "scans", on=item)
-            refresh_series(spark, config, scans, run_id)  # without the items moved out
-            stored = scans.join(late, where, "left_anti")  # the same (symmetric) condition
-        cleared = delete_matching(spark, stored, errors_path, "ingest_errors") if had_errors else 0
-        late.unpersist()
-        errors.unpersist()
-        scans.unpersist()
-    finally:
-        instances.unpersist()
+    sc = spark.sparkContext
+    plan = prepare_pass(sources, config, sc.master, decode=False, parallelism=sc.defaultParallelism)
+    done = _commit_pass(spark, config, plan, run_id, settle=True)
     return IngestResult(
         run_id=run_id,
-        items=items,
-        scans_inserted=scan_metrics.get("numTargetRowsInserted", 0),
-        scans_updated=scan_metrics.get("numTargetRowsUpdated", 0),
-        errors_by_class=by_class,
-        errors_cleared=cleared,
+        items=done.items,
+        scans_inserted=done.inserted_scans,
+        scans_updated=done.scans.get("numTargetRowsUpdated", 0),
+        errors_by_class=done.ingest_errors,
+        errors_cleared=done.cleared,
         seconds=time.monotonic() - start,
     )
 
@@ -770,20 +663,21 @@ class PassPlan:
     computed: Any | None = None  # pyarrow.Table of PASS rows, or None: executors compute it
 
 
-def prepare_pass(sources: Sequence[str], config: PipelineConfig, master: str) -> PassPlan:
-    """Plan ``run`` (driver only, no Spark): the model checked, the input planned, and on a
-    ``local`` master an input of at most ``ingest.driver_pass_max_bytes`` computed in this
-    process (:func:`medspark.onepass.compute_in_driver`).
+def pass_settings(config: PipelineConfig, decode: bool = True) -> Any:
+    """The executor settings of the pass (:class:`medspark.onepass.PassSettings`).
 
-    The CLI calls it while the JVM starts, so on a small input the pass costs no wall time of
-    its own: what Spark would add to it (a Python worker started per core, its imports, the
-    first job's planning) is more than the work. The tables are written by Spark either way.
+    ``decode`` off is ``ingest``: items are read, hashed, parsed and de-identified, and no
+    frame is decoded (no chain, no model). On, it is ``run``: the model is checked here (file,
+    format, input and output shape, the saliency convention), before any task starts.
     """
     from medspark.inference.model import check_model
     from medspark.inference.predict import predict_settings
-    from medspark.onepass import PassSettings, compute_in_driver, limits
-    from medspark.sources.dicom_source import plan_partitions
+    from medspark.onepass import PassSettings, limits
 
+    pseudonymizer = pseudonymizer_from_config(config.deid)
+    phi = pseudonymizer is not None and config.deid.phi_map
+    if not decode:
+        return PassSettings(limits(config.ingest), None, pseudonymizer, None, phi_map=phi)
     model = config.inference.model_config(None)
     check_model(
         model,
@@ -791,20 +685,42 @@ def prepare_pass(sources: Sequence[str], config: PipelineConfig, master: str) ->
         saliency=config.inference.saliency,
         method=config.inference.saliency_method,
     )
-    pseudonymizer = pseudonymizer_from_config(config.deid)
     inference = config.inference
-    settings = PassSettings(
+    return PassSettings(
         limits=limits(config.ingest),
         preprocess=preprocess_settings(config),
         pseudonymizer=pseudonymizer,
         predict=predict_settings(inference, model, config.preprocess.thumbnail_size),
         batch_size=inference.batch_size,
-        phi_map=pseudonymizer is not None and config.deid.phi_map,
+        phi_map=phi,
     )
+
+
+def prepare_pass(
+    sources: Sequence[str],
+    config: PipelineConfig,
+    master: str,
+    decode: bool = True,
+    parallelism: int | None = None,
+) -> PassPlan:
+    """Plan the pass (driver only, no Spark): its settings (:func:`pass_settings`), the input
+    planned, and on a ``local`` master an input of at most ``ingest.driver_pass_max_bytes``
+    computed in this process (:func:`medspark.onepass.compute_in_driver`).
+
+    The CLI calls it while the JVM starts, so on a small input the pass costs no wall time of
+    its own: what Spark would add to it (a Python worker started per core, its imports, the
+    first job's planning) is more than the work. The tables are written by Spark either way.
+    ``parallelism`` (Spark's default parallelism, when Spark runs already) sets the least
+    number of tasks; without it, twice the local cores.
+    """
+    from medspark.onepass import compute_in_driver
+    from medspark.sources.dicom_source import plan_partitions
+
+    settings = pass_settings(config, decode)
     cores = _local_cores(master)
     bins = plan_partitions(
         list(sources),
-        config.ingest.min_partitions or 2 * (cores or 1),
+        config.ingest.min_partitions or 2 * (parallelism or cores or 1),
         config.ingest.max_partition_bytes,
     )
     size = sum(u.size for units, _ in bins for u in units)
@@ -840,6 +756,363 @@ def _executor_pass(spark: Any, plan: PassPlan) -> DataFrame:
     return units.mapInArrow(lambda it: pass_batches(it, settings), PASS)
 
 
+#: The tables every pass writes; a pass that decodes also writes :data:`_FRAME_TABLES`.
+_SCAN_TABLES = ("scans", "ingest_errors", "restricted_acquisitions", "scanner_utilization")
+_FRAME_TABLES = ("images", "preprocess_errors", "predictions")
+
+
+@dataclass
+class _PassRows:
+    """One pass's output while it is committed: the rows, their statistics (one job, see
+    :func:`_pass_stats`), and the rows to write once duplicates are resolved."""
+
+    out: DataFrame
+    stats: list[dict[str, Any]]
+    parts: int  # partitions of ``out``
+    fresh: set[str]  # tables created empty by this run
+    kept: DataFrame  # ``scans`` rows: de-identified, one item per SOP Instance UID
+    errors: DataFrame  # ``ingest_errors`` rows (read errors, duplicates), not stamped
+    frames: DataFrame  # frame rows of the kept items
+    exact: bool  # no duplicate: every candidate kept, and the statistics are the written counts
+
+    def n(self, kind: str, **where: Any) -> int:
+        """Rows of ``kind`` whose statistics columns equal ``where``."""
+        return sum(
+            int(r["n"])
+            for r in self.stats
+            if r["kind"] == kind and all(r[k] == v for k, v in where.items())
+        )
+
+    def known(self, count: int) -> int | None:
+        """``count`` when the statistics are the written counts, else None (unknown)."""
+        return count if self.exact else None
+
+
+def _pass_rows(
+    spark: Any, config: PipelineConfig, plan: PassPlan, tables: Sequence[str]
+) -> _PassRows:
+    """Compute the pass (or take the one computed in the driver), create the missing
+    ``tables`` meanwhile, and resolve duplicate SOP Instance UIDs against ``scans``.
+
+    Fast path (no duplicate UID in the input, none stored from another item: a first load, or
+    a re-run of the same input): every candidate is kept, every frame belongs to a kept item,
+    and the statistics are exact. Otherwise :func:`~medspark.steps.resolve_duplicates` decides.
+    """
+    from medspark.onepass import FRAME, INGEST_ERROR, SCAN
+
+    if plan.computed is not None:  # a small local input, computed in this process
+        # Its figures come from the Arrow table itself; Spark only writes (a local relation
+        # is cheap to read again, so it is not cached either).
+        out = spark.createDataFrame(plan.computed)
+        parts = max(1, spark.sparkContext.defaultParallelism)
+    else:
+        out = _executor_pass(spark, plan).persist(StorageLevel.MEMORY_AND_DISK)
+        parts = len(plan.bins)
+    # Missing tables are created while the executors compute (see create_tables).
+    stats, fresh = concurrently(
+        lambda: _pass_stats(out) if plan.computed is None else _arrow_stats(plan.computed),
+        lambda: create_tables(spark, {name: config.table_path(name) for name in tables}),
+    )
+    existing = None if "scans" in fresh else _existing(spark, config.table_path("scans"))
+    candidates = out.where(F.col("kind") == SCAN)
+    frames = out.where(F.col("kind") == FRAME)
+    errors = out.where(F.col("kind") == INGEST_ERROR).select(
+        *[f.name for f in SOURCE_FIELDS], "error_class", F.col("error_message").alias("message")
+    )
+    rows = _PassRows(out, stats, parts, fresh, candidates, errors, frames, exact=True)
+    distinct = sum(int(r["sops"]) for r in stats if r["kind"] == SCAN)
+    rows.exact = distinct == rows.n(SCAN) and (
+        existing is None or not _stored_from_other_items(candidates, existing)
+    )
+    if not rows.exact:
+        rows.kept, duplicates = resolve_duplicates(candidates, existing)
+        rows.errors = errors.unionByName(duplicates)
+        location = ["sop_instance_uid", "source_uri", "archive_member"]
+        owners = rows.kept.select(*location)
+        rows.frames = frames.join(
+            owners, [frames[c].eqNullSafe(owners[c]) for c in location], "left_semi"
+        )
+    return rows
+
+
+def _write(
+    spark: Any,
+    config: PipelineConfig,
+    rows: _PassRows,
+    df: DataFrame,
+    name: str,
+    count: int | None,
+    **merge: Any,
+) -> dict[str, int]:
+    """MERGE (or first-load append) ``df`` into table ``name``. A write known to hold no row
+    only makes sure the table exists (no Spark job); one of known size is written in as many
+    tasks (and files) as its rows need, not one per cached partition: fewer tasks, fewer small
+    files. Rows equal to the stored ones (a re-run) commit nothing (merge_into's
+    ``only_changed``)."""
+    if count == 0:
+        return {}  # the table exists (created with the pass)
+    if count is not None:
+        wanted = max(1, -(-count // _ROWS_PER_FILE.get(name, 100_000)))
+        if wanted < rows.parts:
+            df = df.coalesce(wanted)
+    return merge_into(spark, df, config.table_path(name), name, fresh=name in rows.fresh, **merge)
+
+
+def _scan_writes(
+    spark: Any, config: PipelineConfig, rows: _PassRows, settings: Any, run_id: str
+) -> dict[str, Any]:
+    """The writes of every pass: ``scans`` (and ``series``), ``ingest_errors``,
+    ``restricted_acquisitions`` and ``scanner_utilization``, and ``restricted_phi_map`` and
+    ``restricted_locations`` when used. Named, to run concurrently."""
+    from medspark.onepass import INGEST_ERROR, SCAN
+    from medspark.tables.schemas import RESTRICTED_ACQUISITIONS
+
+    first_acquisitions = "restricted_acquisitions" in rows.fresh
+    acquired = rows.kept.select(*[f.name for f in RESTRICTED_ACQUISITIONS.fields])
+    stamp = {"run_id": F.lit(run_id), "recorded_at": F.current_timestamp()}
+
+    def scans() -> dict[str, int]:
+        stamped = rows.kept.withColumns(
+            {"run_id": F.lit(run_id), "ingested_at": F.current_timestamp()}
+        )
+        # Delta's counts of an append are read from the table's history only when the
+        # statistics cannot say them (duplicates were dropped).
+        counts = _write(
+            spark,
+            config,
+            rows,
+            stamped,
+            "scans",
+            rows.known(rows.n(SCAN)),
+            metrics=not rows.exact,
+            update_if=SAME_ITEM,
+        )
+        # series rebuilt from the new scans (not when no scans row changed)
+        refresh_series(spark, config, rows.kept, run_id, scans_changed=not wrote_nothing(counts))
+        return counts
+
+    def acquisitions() -> None:
+        added = merge_into(
+            spark,
+            acquired,
+            config.table_path("restricted_acquisitions"),
+            "restricted_acquisitions",
+            fresh=first_acquisitions,
+        )
+        # Utilisation covers every acquisition ever ingested; a run that added none (a
+        # re-run) leaves it as it is.
+        if not first_acquisitions and not wrote_nothing(added):
+            _rebuild_utilization(spark, config, run_id)
+
+    def utilization_from_this_run() -> None:
+        # A first load: this run's acquisitions are all there are, so utilisation is built
+        # from them at once, beside their write, instead of read back after it.
+        from medspark.metrics.utilization import scanner_utilization
+
+        replace_table(
+            spark,
+            scanner_utilization(acquired, run_id, config.metrics.study_span_cap_hours),
+            config.table_path("scanner_utilization"),
+            "scanner_utilization",
+            fresh="scanner_utilization" in rows.fresh,
+        )
+
+    writes: dict[str, Any] = {
+        "scans": scans,
+        "ingest_errors": lambda: _write(
+            spark,
+            config,
+            rows,
+            rows.errors.withColumns(stamp),
+            "ingest_errors",
+            rows.known(rows.n(INGEST_ERROR)),
+        ),
+        "restricted_acquisitions": acquisitions,
+    }
+    if first_acquisitions:
+        writes["scanner_utilization"] = utilization_from_this_run
+    if settings.phi_map:
+        phi = phi_rows(rows.kept).withColumns(stamp)
+        path = config.table_path("restricted_phi_map")
+        writes["restricted_phi_map"] = lambda: merge_into(spark, phi, path, "restricted_phi_map")
+    if locates(settings.pseudonymizer):
+        items = rows.out.where(F.col("kind").isin(SCAN, INGEST_ERROR))
+        writes["restricted_locations"] = lambda: _write_locations(spark, config, items, run_id)
+    return writes
+
+
+def _frame_writes(
+    spark: Any, config: PipelineConfig, rows: _PassRows, run_id: str
+) -> dict[str, Any]:
+    """The writes of a pass that decodes: ``images`` (and ``restricted_images``),
+    ``preprocess_errors``, ``predictions`` and ``saliency``. Named, to run concurrently."""
+    from medspark.onepass import FRAME
+
+    model = config.inference.model_config(None)
+    images, frame_errors = split_frames(rows.frames)
+    stamp_images = {
+        "config_hash": F.lit(config.preprocess.chain().config_hash()),
+        "run_id": F.lit(run_id),
+        "processed_at": F.current_timestamp(),
+    }
+    analyst_images, restricted = split_withheld(images, stamp_images)
+    predicted = {"run_id": F.lit(run_id), "predicted_at": F.current_timestamp()}
+    predictions = (
+        images.where(F.col("label").isNotNull())
+        .select(
+            "sop_instance_uid", "frame", *model_columns(model), "label", "score", "probabilities"
+        )
+        .withColumns(predicted)
+    )
+    n_errors = sum(int(r["n"]) for r in rows.stats if r["kind"] == FRAME and r["error_class"])
+    n_labels = sum(int(r["n"]) for r in rows.stats if r["kind"] == FRAME and r["label"])
+    recorded = {"run_id": F.lit(run_id), "recorded_at": F.current_timestamp()}
+    writes: dict[str, Any] = {
+        "images": lambda: _write(
+            spark,
+            config,
+            rows,
+            analyst_images,
+            "images",
+            rows.known(rows.n(FRAME, error_class=None)),
+        ),
+        "preprocess_errors": lambda: _write(
+            spark,
+            config,
+            rows,
+            frame_errors.withColumns(recorded),
+            "preprocess_errors",
+            rows.known(n_errors),
+        ),
+        "predictions": lambda: _write(
+            spark, config, rows, predictions, "predictions", rows.known(n_labels)
+        ),
+    }
+    if config.inference.saliency:
+        salient = saliency_rows(images.select("*", *model_columns(model))).withColumns(predicted)
+        writes["saliency"] = lambda: _write(
+            spark, config, rows, salient, "saliency", rows.known(n_labels)
+        )
+    if rows.n(FRAME, error_class=None, burned_in_action=BURNED_IN_WITHHELD):
+        path = config.table_path("restricted_images")
+        writes["restricted_images"] = lambda: merge_into(
+            spark, restricted, path, "restricted_images"
+        )
+    return writes
+
+
+def _settle_and_clear(
+    spark: Any, config: PipelineConfig, rows: _PassRows, run_id: str, settle: bool, clear: bool
+) -> tuple[int, dict[str, int]]:
+    """After the writes: with ``settle``, move the items a concurrent run stored first (see
+    :func:`_settle_duplicates`) from ``scans`` to ``ingest_errors``; with ``clear``, delete the
+    ``ingest_errors`` rows of earlier runs whose item is a scan now. Returns the rows cleared
+    and the errors by class the settling added."""
+    errors_path = config.table_path("ingest_errors")
+
+    def cleared(stored: DataFrame) -> int:
+        return delete_matching(spark, stored, errors_path, "ingest_errors") if clear else 0
+
+    if not settle:
+        return cleared(rows.kept), {}
+    scans_path = config.table_path("scans")
+    late = _settle_duplicates(spark, rows.kept, scans_path, run_id).persist()
+    try:
+        # Settled rows may be the other run's items (it settles the same way): counted there.
+        where = [late[c].eqNullSafe(rows.kept[c]) for c in ("source_uri", "archive_member")]
+        own = late.join(rows.kept, where, "left_semi")
+        by_class = {
+            r["error_class"]: int(r["n"])
+            for r in own.groupBy("error_class").agg(F.count("*").alias("n")).collect()
+        }
+        if not late.take(1):
+            return cleared(rows.kept), by_class
+        merge_into(spark, late, errors_path, "ingest_errors")
+        item = ["sop_instance_uid", "source_uri", "archive_member"]
+        delete_matching(spark, late, scans_path, "scans", on=item)
+        refresh_series(spark, config, rows.kept, run_id)  # without the items moved out
+        return cleared(rows.kept.join(late, where, "left_anti")), by_class  # symmetric
+    finally:
+        late.unpersist()
+
+
+@dataclass
+class _Committed:
+    """What a committed pass reports: the figures of ingest's, preprocess's and infer's
+    results."""
+
+    items: int
+    scans: dict[str, int]  # Delta's counts of the scans write ({} for a first-load append)
+    predictions: dict[str, int]
+    ingest_errors: dict[str, int]
+    cleared: int
+    frame_errors: dict[str, int]
+    labels: dict[str, int]
+    pixel_instances: int
+    images: int
+    inserted_scans: int
+
+
+def _commit_pass(
+    spark: Any, config: PipelineConfig, plan: PassPlan, run_id: str, settle: bool = False
+) -> _Committed:
+    """Write what the pass computed, every table concurrently, each committed on its own
+    (:func:`_scan_writes`, and :func:`_frame_writes` when the pass decoded), then clear the
+    ``ingest_errors`` rows of items that are scans now. ``settle`` (ingest) also settles the
+    SOP Instance UIDs a concurrent run stored from other items (:func:`_settle`)."""
+    from medspark.onepass import FRAME, INGEST_ERROR, SCAN
+
+    decode = plan.settings.preprocess is not None
+    saliency = decode and config.inference.saliency
+    tables = (
+        *_SCAN_TABLES,
+        *(_FRAME_TABLES if decode else ()),
+        *(("saliency",) if saliency else ()),
+    )
+    errors_path = config.table_path("ingest_errors")
+    had_errors = _is_table(spark, errors_path)
+    ensure_restricted_root(config)
+    rows = _pass_rows(spark, config, plan, tables)
+    try:
+        writes = _scan_writes(spark, config, rows, plan.settings, run_id)
+        if decode:
+            writes.update(_frame_writes(spark, config, rows, run_id))
+        done = dict(zip(writes, concurrently(*writes.values()), strict=True))
+        if decode:
+            metric_rows = [{**m, "rows": m["batch_rows"]} for r in rows.stats for m in r["metrics"]]
+            write_metric_rows(config, metric_rows, "run", run_id)
+        cleared, late = _settle_and_clear(spark, config, rows, run_id, settle, had_errors)
+        if rows.exact:
+            ingest_errors = _sum_by(rows.stats, "error_class", kind=INGEST_ERROR)
+            frame_errors = _sum_by(rows.stats, "error_class", kind=FRAME)
+            labels = _sum_by(rows.stats, "label", kind=FRAME)
+            pixel_instances_n = rows.n(SCAN, has_pixels=True)
+        else:  # duplicates were dropped: count what was written
+            ingest_errors = _counts(rows.errors, "error_class")
+            frame_errors = _counts(rows.frames.where("error_class IS NOT NULL"), "error_class")
+            labels = _counts(rows.frames.where("label IS NOT NULL"), "label")
+            pixel_instances_n = rows.kept.where(F.col("has_pixels")).count()
+    finally:
+        if plan.computed is None:
+            rows.out.unpersist()
+    for error_class, n in late.items():
+        ingest_errors[error_class] = ingest_errors.get(error_class, 0) + n
+    n_scans = rows.n(SCAN)
+    scans = done["scans"]
+    return _Committed(
+        items=n_scans + rows.n(INGEST_ERROR),
+        scans=scans,
+        predictions=done.get("predictions") or {},
+        ingest_errors=ingest_errors,
+        cleared=cleared,
+        frame_errors=frame_errors,
+        labels=labels,
+        pixel_instances=pixel_instances_n,
+        images=rows.n(FRAME, error_class=None) if rows.exact else sum(labels.values()),
+        inserted_scans=scans.get("numTargetRowsInserted", n_scans if rows.exact else 0),
+    )
+
+
 def run_all(
     spark: Any,
     sources: Sequence[str],
@@ -851,253 +1124,48 @@ def run_all(
 
     Every item is opened once (:mod:`medspark.onepass`): read, hashed, parsed, de-identified,
     decoded, cleaned of burned-in text, run through the chain and the model in the same task.
-    The cached result is then split into ``scans``, ``ingest_errors``,
-    ``restricted_acquisitions`` (and ``scanner_utilization``), ``images``,
-    ``preprocess_errors``, ``predictions`` (and ``restricted_images``, ``restricted_phi_map``
-    when used), written concurrently; ``worker_metrics`` from the driver. The tables and their
-    keys are the same as after ``ingest``, ``preprocess`` and ``infer`` run one after another
-    (a test compares them). ``prepared`` is the plan :func:`prepare_pass` made beforehand (the
-    CLI makes it while Spark starts); without it, it is made here.
+    The result is then split into ``scans``, ``ingest_errors``, ``restricted_acquisitions``
+    (and ``scanner_utilization``), ``images``, ``preprocess_errors``, ``predictions`` (and
+    ``saliency``, ``restricted_images``, ``restricted_phi_map`` when used), written
+    concurrently by :func:`_commit_pass`, the commit ``ingest`` uses too; ``worker_metrics``
+    from the driver. The tables and their keys are the same as after ``ingest``,
+    ``preprocess`` and ``infer`` run one after another (a test compares them). ``prepared`` is
+    the plan :func:`prepare_pass` made beforehand (the CLI makes it while Spark starts);
+    without it, it is made here.
     """
-    from medspark.onepass import FRAME, INGEST_ERROR, SCAN
-    from medspark.tables.schemas import RESTRICTED_ACQUISITIONS
-
     start = time.monotonic()
     run_id = record.run_id
-    model = config.inference.model_config(None)
-    scans_path = config.table_path("scans")
-    errors_path = config.table_path("ingest_errors")
-    had_errors = _is_table(spark, errors_path)
-    ensure_restricted_root(config)
     plan = prepared or prepare_pass(sources, config, spark.sparkContext.master)
-    settings = plan.settings
-    if plan.computed is not None:  # a small local input, computed in this process
-        # Its figures come from the Arrow table itself; Spark only writes (a local relation
-        # is cheap to read again, so it is not cached either).
-        out = spark.createDataFrame(plan.computed)
-        parts = max(1, spark.sparkContext.defaultParallelism)
-    else:
-        out = _executor_pass(spark, plan).persist(StorageLevel.MEMORY_AND_DISK)
-        parts = len(plan.bins)
-    saliency = config.inference.saliency
-    tables = (
-        "scans",
-        "ingest_errors",
-        "restricted_acquisitions",
-        "scanner_utilization",
-        "images",
-        "preprocess_errors",
-        "predictions",
-        *(("saliency",) if saliency else ()),
-    )
-    try:
-        # Missing tables are created while the executors compute (see create_tables).
-        stats, fresh = concurrently(
-            lambda: _pass_stats(out) if plan.computed is None else _arrow_stats(plan.computed),
-            lambda: create_tables(spark, {name: config.table_path(name) for name in tables}),
-        )
-        metric_rows = [{**m, "rows": m["batch_rows"]} for r in stats for m in r["metrics"]]
-
-        def n(kind: str, **where: Any) -> int:
-            return sum(
-                int(r["n"])
-                for r in stats
-                if r["kind"] == kind and all(r[k] == v for k, v in where.items())
-            )
-
-        n_scans = n(SCAN)
-        acquisitions_path = config.table_path("restricted_acquisitions")
-        first_acquisitions = "restricted_acquisitions" in fresh
-        existing = None if "scans" in fresh else _existing(spark, scans_path)
-        candidates = out.where(F.col("kind") == SCAN)
-        frames = out.where(F.col("kind") == FRAME)
-        read_errors = out.where(F.col("kind") == INGEST_ERROR).select(
-            *[f.name for f in SOURCE_FIELDS], "error_class", F.col("error_message").alias("message")
-        )
-        distinct = sum(int(r["sops"]) for r in stats if r["kind"] == SCAN)
-        # Fast path (no duplicate UID in the input, none stored from another item: a first
-        # load, or a re-run of the same input): every candidate is kept, every frame belongs
-        # to a kept item, and the counts above are exact.
-        exact = distinct == n_scans and (
-            existing is None or not _stored_from_other_items(candidates, existing)
-        )
-        if exact:
-            kept, errors = candidates, read_errors
-        else:
-            kept, duplicate_errors = resolve_duplicates(candidates, existing)
-            errors = read_errors.unionByName(duplicate_errors)
-            location = ["sop_instance_uid", "source_uri", "archive_member"]
-            owners = kept.select(*location)
-            frames = frames.join(
-                owners,
-                [frames[c].eqNullSafe(owners[c]) for c in location],
-                "left_semi",
-            )
-        images, frame_errors = split_frames(frames)
-        stamp_images = {
-            "config_hash": F.lit(config.preprocess.chain().config_hash()),
-            "run_id": F.lit(run_id),
-            "processed_at": F.current_timestamp(),
-        }
-        analyst_images, restricted = split_withheld(images, stamp_images)
-        predictions = images.where(F.col("label").isNotNull()).select(
-            "sop_instance_uid",
-            "frame",
-            *model_columns(model),
-            "label",
-            "score",
-            "probabilities",
-            F.lit(run_id).alias("run_id"),
-            F.current_timestamp().alias("predicted_at"),
-        )
-        ids = [f.name for f in RESTRICTED_ACQUISITIONS.fields]
-        acquired = kept.select(*ids)
-
-        def write_acquisitions() -> None:
-            added = merge_into(
-                spark,
-                acquired,
-                acquisitions_path,
-                "restricted_acquisitions",
-                fresh=first_acquisitions,
-            )
-            # Utilisation covers every acquisition ever ingested; a run that added none (a
-            # re-run) leaves it as it is.
-            if not first_acquisitions and not wrote_nothing(added):
-                _rebuild_utilization(spark, config, run_id)
-
-        def write_utilization_from_this_run() -> None:
-            # A first load: this run's acquisitions are all there are, so utilisation is built
-            # from them at once, beside their write, instead of read back after it.
-            from medspark.metrics.utilization import scanner_utilization
-
-            replace_table(
-                spark,
-                scanner_utilization(acquired, run_id, config.metrics.study_span_cap_hours),
-                config.table_path("scanner_utilization"),
-                "scanner_utilization",
-                fresh="scanner_utilization" in fresh,
-            )
-
-        def write(df: DataFrame, name: str, rows: int | None) -> dict[str, int]:
-            """MERGE (or first-load append) ``df`` into table ``name``. A write known to hold
-            no row only makes sure the table exists (no Spark job); one of known size is
-            written in as many tasks (and files) as its rows need, not one per cached
-            partition: fewer tasks, fewer small files."""
-            path = config.table_path(name)
-            if rows == 0:
-                return {}  # the table exists (created above if it was missing)
-            if rows is not None:
-                per_file = _ROWS_PER_FILE.get(name, 100_000)
-                wanted = max(1, -(-rows // per_file))
-                if wanted < parts:
-                    df = df.coalesce(wanted)
-            # Rows equal to the stored ones (a re-run; deterministic CPU inference) commit
-            # nothing (merge_into's only_changed).
-            return merge_into(spark, df, path, name, fresh=name in fresh)
-
-        known = (lambda count: count) if exact else (lambda count: None)
-        n_frame_errors = sum(int(r["n"]) for r in stats if r["kind"] == FRAME and r["error_class"])
-        n_labels = sum(int(r["n"]) for r in stats if r["kind"] == FRAME and r["label"])
-
-        def write_scans() -> dict[str, int]:
-            stamped = kept.withColumns(
-                {"run_id": F.lit(run_id), "ingested_at": F.current_timestamp()}
-            )
-            counts = write(stamped, "scans", known(n_scans))
-            # series rebuilt from the new scans (not when no scans row changed)
-            refresh_series(spark, config, kept, run_id, scans_changed=not wrote_nothing(counts))
-            return counts
-
-        steps = [
-            write_scans,
-            lambda: write(
-                errors.withColumns({"run_id": F.lit(run_id), "recorded_at": F.current_timestamp()}),
-                "ingest_errors",
-                known(n(INGEST_ERROR)),
-            ),
-            write_acquisitions,
-            lambda: write(analyst_images, "images", known(n(FRAME, error_class=None))),
-            lambda: write(
-                frame_errors.withColumns(
-                    {"run_id": F.lit(run_id), "recorded_at": F.current_timestamp()}
-                ),
-                "preprocess_errors",
-                known(n_frame_errors),
-            ),
-            lambda: write(predictions, "predictions", known(n_labels)),
-        ]
-        if saliency:
-            salient = saliency_rows(images.select("*", *model_columns(model))).withColumns(
-                {"run_id": F.lit(run_id), "predicted_at": F.current_timestamp()}
-            )
-            steps.append(lambda: write(salient, "saliency", known(n_labels)))
-        if first_acquisitions:
-            steps.append(write_utilization_from_this_run)
-        if n(FRAME, error_class=None, burned_in_action=BURNED_IN_WITHHELD):
-            steps.append(
-                lambda: merge_into(
-                    spark, restricted, config.table_path("restricted_images"), "restricted_images"
-                )
-            )
-        if settings.phi_map:
-            phi = phi_rows(kept).withColumns(
-                {"run_id": F.lit(run_id), "recorded_at": F.current_timestamp()}
-            )
-            steps.append(
-                lambda: merge_into(
-                    spark, phi, config.table_path("restricted_phi_map"), "restricted_phi_map"
-                )
-            )
-        if locates(settings.pseudonymizer):
-            items = out.where(F.col("kind").isin(SCAN, INGEST_ERROR))
-            steps.append(lambda: _write_locations(spark, config, items, run_id))
-        scan_counts, _, _, _, _, prediction_counts, *_ = concurrently(*steps)
-        write_metric_rows(config, metric_rows, "run", run_id)
-        cleared = delete_matching(spark, kept, errors_path, "ingest_errors") if had_errors else 0
-        if exact:
-            ingest_errors = _sum_by(stats, "error_class", kind=INGEST_ERROR)
-            frame_classes = _sum_by(stats, "error_class", kind=FRAME)
-            labels = _sum_by(stats, "label", kind=FRAME)
-            pixel_instances_n = n(SCAN, has_pixels=True)
-        else:  # duplicates were dropped: count what was written
-            ingest_errors = _counts(errors, "error_class")
-            frame_classes = _counts(frame_errors, "error_class")
-            labels = _counts(predictions, "label")
-            pixel_instances_n = kept.where(F.col("has_pixels")).count()
-    finally:
-        if plan.computed is None:
-            out.unpersist()
+    done = _commit_pass(spark, config, plan, run_id)
     seconds = time.monotonic() - start
-    n_images = n(FRAME, error_class=None) if exact else sum(labels.values())
-    n_inserted = scan_counts.get("numTargetRowsInserted", n_scans if exact else 0)
     ingested = IngestResult(
         run_id=run_id,
-        items=n_scans + n(INGEST_ERROR),
-        scans_inserted=n_inserted,
-        scans_updated=scan_counts.get("numTargetRowsUpdated", 0),
-        errors_by_class=ingest_errors,
+        items=done.items,
+        scans_inserted=done.inserted_scans,
+        scans_updated=done.scans.get("numTargetRowsUpdated", 0),
+        errors_by_class=done.ingest_errors,
         seconds=seconds,
-        errors_cleared=cleared,
+        errors_cleared=done.cleared,
     )
     record_ingest(record, ingested)
     preprocessed = PreprocessResult(
         run_id=run_id,
-        instances=pixel_instances_n,
-        frames=n_images,
-        errors_by_class=frame_classes,
+        instances=done.pixel_instances,
+        frames=done.images,
+        errors_by_class=done.frame_errors,
         seconds=seconds,
         config_hash=config.preprocess.chain().config_hash(),
     )
     record_preprocess(record, preprocessed)
-    n_predicted = sum(labels.values())
+    model = config.inference.model_config(None)
+    n_predicted = sum(done.labels.values())
     inferred = InferResult(
         run_id=run_id,
         model=model.name,
         model_version=model.version,
         frames=n_predicted,
-        inserted=prediction_counts.get("numTargetRowsInserted", n_predicted),
-        labels=labels,
+        inserted=done.predictions.get("numTargetRowsInserted", n_predicted),
+        labels=done.labels,
         seconds=seconds,
     )
     record_infer(record, inferred)

@@ -16,50 +16,15 @@ tables are in :mod:`medspark.pipeline`; what a run did, and its recording, in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from medspark.config import PipelineConfig
-from medspark.sources import dicom_source
 from medspark.tables.error_classes import DUPLICATE_COPY
 from medspark.tables.error_classes import DUPLICATE_SOP_INSTANCE as DUPLICATE_SOP
-from medspark.tables.schemas import HEADER_FIELDS, SOURCE_FIELDS
-
-
-def read_instances(spark: Any, sources: Sequence[str], config: PipelineConfig) -> DataFrame:
-    """Read scan inputs with the ``dicom`` data source: one row per item, header or error."""
-    dicom_source.register(spark)
-    ingest = config.ingest
-    partitions = ingest.min_partitions or 2 * spark.sparkContext.defaultParallelism
-    return (
-        spark.read.format(dicom_source.NAME)
-        .option("numPartitions", partitions)
-        .option("maxPartitionBytes", ingest.max_partition_bytes)
-        .option("maxItemBytes", ingest.max_item_bytes)
-        .option("maxArchiveDepth", ingest.max_archive_depth)
-        .option("maxArchiveBytes", ingest.max_archive_bytes)
-        .option("maxArchiveMembers", ingest.max_archive_members)
-        .option("maxCompressionRatio", ingest.max_compression_ratio)
-        .option("maxInflatedBytes", ingest.max_inflated_bytes)
-        .option("maxFrameSamples", ingest.max_frame_samples)
-        .load(list(sources))
-    )
-
-
-def split_instances(instances: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """Split data-source rows into scan candidates and errors (``error_class`` is null or not)."""
-    candidates = instances.where(F.col("error_class").isNull()).select(
-        [f.name for f in HEADER_FIELDS + SOURCE_FIELDS]
-    )
-    errors = instances.where(F.col("error_class").isNotNull()).select(
-        *[f.name for f in SOURCE_FIELDS],
-        "error_class",
-        F.col("error_message").alias("message"),
-    )
-    return candidates, errors
+from medspark.tables.schemas import SOURCE_FIELDS
 
 
 def _location(uri: Any, member: Any) -> Any:

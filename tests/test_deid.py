@@ -19,8 +19,6 @@ import pytest
 from medspark.config import DeidConfig
 from medspark.dicom.deid import (
     Pseudonymizer,
-    deidentify_scans,
-    phi_map,
     pseudonymizer_from_config,
     resolve_secret,
 )
@@ -566,38 +564,16 @@ def test_disabled_config_gives_no_pseudonymizer(clean_env):
 
 
 @pytest.mark.spark
-def test_deidentify_scans_and_phi_map_on_spark(spark):
-    from pyspark.sql.types import StructType
-
+def test_every_scans_column_is_classified_for_de_identification():
+    """deidentify_row raises on a column it does not know: the pass gives it exactly these."""
+    from medspark.dicom.deid import HANDLED_COLUMNS, PASSTHROUGH_COLUMNS
     from medspark.tables.schemas import HEADER_FIELDS, SOURCE_FIELDS
 
-    schema = StructType(HEADER_FIELDS + SOURCE_FIELDS)
-    names = {
-        "CT_small.dcm",  # private tags, dates, bulk data
-        "MR_small.dcm",
-        "rtplan.dcm",  # no pixels: null rows/columns (integers that pandas would make NaN)
-        "waveform_ecg.dcm",  # nested bulk data
-        "test-SR.dcm",  # Content Sequence, names
-        "ExplVR_BigEndNoMeta.dcm",  # no file meta
-    }
-    rows = [_row(header, name) for name, _, header in BUNDLED if name in names]
-    assert len(rows) == len(names)
-    assert any(r["rows"] is None for r in rows)
-    df = spark.createDataFrame([tuple(r[f.name] for f in schema) for r in rows], schema)
+    names = {f.name for f in HEADER_FIELDS + SOURCE_FIELDS}
+    assert names - PASSTHROUGH_COLUMNS - HANDLED_COLUMNS == set()
     p = _pseudonymizer()
-
-    assert deidentify_scans(df, None) is df  # disabled
-    out = deidentify_scans(df, p)
-    assert out.schema == df.schema
-    got = {r["sop_instance_uid"]: r.asDict() for r in out.collect()}
-    expected = {e["sop_instance_uid"]: e for e in (p.deidentify_row(r) for r in rows)}
-    assert got == expected
-
-    mapping = phi_map(df, p).collect()
-    assert {(m.kind, m.original, m.pseudonym) for m in mapping} == {
-        t for r in rows for t in p.phi_map_rows(r)
-    }
-    assert {m.kind for m in mapping} >= {"patient_id", "sop_instance_uid"}
+    with pytest.raises(ValueError, match="unclassified_column"):
+        p.deidentify_row({"unclassified_column": 1})
 
 
 # ------------------------------------------------------------------ locations

@@ -10,7 +10,8 @@ Layers:
   applied to a DICOM JSON document (:meth:`~Pseudonymizer.deidentify_dataset_json`) and to one
   ``scans`` row (:meth:`~Pseudonymizer.deidentify_row`). It is picklable and is shipped to
   executors as part of the task closure.
-* :func:`deidentify_scans` and :func:`phi_map` are thin Spark wrappers.
+* :func:`locate_sources` and :func:`restore_sources` are thin Spark wrappers (the pass of
+  :mod:`medspark.onepass` calls :meth:`Pseudonymizer.deidentify_row` on each item itself).
 
 Everything is a keyed hash (HMAC-SHA256) of the original value with the secret: the same input
 and secret give the same pseudonym on every executor and in every run, so re-ingesting a file
@@ -80,7 +81,7 @@ import stat
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -800,78 +801,6 @@ def pseudonymizer_from_config(config: DeidConfig) -> Pseudonymizer | None:
 # --------------------------------------------------------------------------------------
 # Spark
 # --------------------------------------------------------------------------------------
-
-
-def _map_batches(
-    fn: Callable[[dict[str, Any]], Iterable[dict[str, Any]]], schema: Any
-) -> Callable[[Iterator[Any]], Iterator[Any]]:
-    def run(batches: Iterator[Any]) -> Iterator[Any]:
-        import pyarrow as pa
-
-        arrow_schema = None
-        for batch in batches:
-            rows = [out for row in batch.to_pylist() for out in fn(row)]
-            if arrow_schema is None:
-                arrow_schema = schema if isinstance(schema, pa.Schema) else batch.schema
-            yield pa.RecordBatch.from_pylist(rows, schema=arrow_schema)
-
-    return run
-
-
-def deidentify_scans(scans: DataFrame, pseudonymizer: Pseudonymizer | None = None) -> DataFrame:
-    """``scans`` with :meth:`Pseudonymizer.deidentify_row` applied to every row; same schema.
-
-    ``pseudonymizer`` None means de-identification is disabled: ``scans`` is returned as is.
-    Columns are checked on the driver first, so an unclassified column fails the job before
-    any task runs. Uses ``mapInArrow`` rather than ``mapInPandas``: Arrow's ``to_pylist`` gives
-    exactly the Python values :func:`~medspark.dicom.header.parse_header` produces (``date``,
-    naive ``datetime``, ``None``), while pandas would turn null integers into NaN floats and
-    timestamps into ``pd.Timestamp``. The pseudonymizer, secret included, travels to executors
-    in the task closure.
-    """
-    if pseudonymizer is None:
-        return scans
-    unknown = sorted(set(scans.columns) - PASSTHROUGH_COLUMNS - HANDLED_COLUMNS)
-    if unknown:
-        raise ValueError(
-            f"de-identification does not know the column(s) {unknown}; classify them in "
-            "medspark.dicom.deid before writing them to an analyst table"
-        )
-    p = pseudonymizer
-    return scans.mapInArrow(_map_batches(lambda row: [p.deidentify_row(row)], None), scans.schema)
-
-
-PHI_MAP_COLUMNS = ("kind", "original", "pseudonym")
-
-
-def phi_map(scans_raw: DataFrame, pseudonymizer: Pseudonymizer) -> DataFrame:
-    """``(kind, original, pseudonym)`` rows for ``restricted_phi_map``, distinct.
-
-    ``scans_raw`` is the table before :func:`deidentify_scans`. Kinds: ``patient_id``,
-    ``sop_instance_uid``, ``study_instance_uid``, ``series_instance_uid``. The date shift of a
-    patient is not stored: whoever may re-identify holds the secret and recomputes it with
-    :meth:`Pseudonymizer.date_shift_days`.
-    """
-    import pyarrow as pa
-    from pyspark.sql.types import StringType, StructField, StructType
-
-    schema = StructType(
-        [
-            StructField("kind", StringType(), False),
-            StructField("original", StringType(), False),
-            StructField("pseudonym", StringType(), False),
-        ]
-    )
-    arrow_schema = pa.schema(
-        [pa.field(name, pa.string(), nullable=False) for name in PHI_MAP_COLUMNS]
-    )
-    p = pseudonymizer
-
-    def rows(row: dict[str, Any]) -> list[dict[str, Any]]:
-        return [dict(zip(PHI_MAP_COLUMNS, r, strict=True)) for r in p.phi_map_rows(row)]
-
-    needed = [c for c in ("patient_id", *UID_COLUMNS) if c in scans_raw.columns]
-    return scans_raw.select(*needed).mapInArrow(_map_batches(rows, arrow_schema), schema).distinct()
 
 
 #: The columns :func:`locate_sources` adds: where the item really is (for

@@ -20,31 +20,6 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 
-def acquisitions(raw_candidates: DataFrame, deidentified: DataFrame) -> DataFrame:
-    """``restricted_acquisitions`` rows: pseudonymous ids with the true acquisition time.
-
-    ``raw_candidates`` and ``deidentified`` are the same instances before and after
-    de-identification; they are joined on the source location, which both keep.
-    """
-    from medspark.tables.schemas import RESTRICTED_ACQUISITIONS
-
-    location = ["source_uri", "archive_member"]
-    true_times = raw_candidates.select(
-        *location, F.coalesce("acquisition_datetime", "study_datetime").alias("acquired_at")
-    )
-    ids = [f.name for f in RESTRICTED_ACQUISITIONS.fields if f.name != "acquired_at"]
-    pseudo = deidentified.select(*location, *ids)
-    return _join_on(pseudo, true_times, location).select(
-        *[pseudo[c] for c in ids], true_times["acquired_at"]
-    )
-
-
-def _join_on(left: DataFrame, right: DataFrame, keys: list[str]) -> DataFrame:
-    """Inner join on ``keys`` compared null-safely (a loose file has no archive member)."""
-    condition = [left[k].eqNullSafe(right[k]) for k in keys]
-    return left.join(right, condition)
-
-
 def scanner_utilization(acq: DataFrame, run_id: str, study_span_cap_hours: float) -> DataFrame:
     """Aggregate acquisitions to modality x station x day (schema ``SCANNER_UTILIZATION``).
 
