@@ -23,7 +23,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from medspark.errors import ConfigError
-from medspark.validation import Allowed
+from medspark.validation import OUTPUT_SIZE, Allowed
 
 DEFAULT_CONFIG_PATH = Path("conf") / "pipeline.yaml"
 
@@ -34,11 +34,6 @@ _MIB = 1024 * 1024
 def _meta(**allowed: Any) -> dict[str, object]:
     """Field metadata: the values the key allows (its kind comes from the annotation)."""
     return {"allowed": Allowed(**allowed)}
-
-
-#: ``preprocess.output_size``: the side of the square model tensor (also checked by
-#: :func:`medspark.preprocess.chain.build_chain`).
-OUTPUT_SIZE = Allowed(int, minimum=8, maximum=4096)
 
 
 @dataclass(frozen=True)

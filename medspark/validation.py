@@ -111,3 +111,7 @@ def _is_np_int(value: object) -> bool:
     import numpy as np
 
     return isinstance(value, np.integer)
+
+
+#: The side of the square tensor the 2D chain makes (``preprocess.output_size``).
+OUTPUT_SIZE = Allowed(int, minimum=8, maximum=4096)

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from medspark.config import OUTPUT_SIZE
 from medspark.errors import ConfigError
 from medspark.preprocess.ops import OPS, resize_pad, resolve_params, to_uint8
+from medspark.validation import OUTPUT_SIZE
 
 __all__ = ["HASH_VERSION", "Chain", "ChainResult", "Step", "build_chain"]
 
@@ -163,7 +163,7 @@ def build_chain(
     ``steps``: ops run in order on the frame (None or [] = no steps). ``mask``: ops run on the
     output of ``steps``; the last one must produce a binary mask (a mask op, or ``median_blur`` /
     ``morphology`` following one) or a ConfigError is raised; None = no mask. ``output_size``:
-    side of the square uint8 tensor (``OUTPUT_SIZE`` of :mod:`medspark.config`: 8 to 4096, as
+    side of the square uint8 tensor (``OUTPUT_SIZE`` of :mod:`medspark.validation`: 8 to 4096, as
     in the config), or None to keep the image size.
 
     Every error is a :class:`~medspark.errors.ConfigError` keyed like

@@ -103,7 +103,7 @@ def resolve_volume_model(cfg: Any) -> VolumeModel:
     roi = list(cfg.roi_size) if cfg.roi_size is not None else None
     name, version = cfg.name, cfg.version
     if cfg.path is None:
-        from medspark.volumes.train import DEFAULT_MODEL_FILE, DEMO_MODEL
+        from medspark.volumes.bundled import DEFAULT_MODEL_FILE, DEMO_MODEL
 
         path = DEFAULT_MODEL_FILE
         labels = labels or list(DEMO_MODEL["labels"])

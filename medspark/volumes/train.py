@@ -25,7 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from medspark.volumes.synthetic import CHEST_LABELS, chest_hu, chest_labels, random_chest
+from medspark.volumes.bundled import (
+    DEFAULT_MODEL_CARD,
+    DEFAULT_MODEL_DIR,
+    DEFAULT_MODEL_FILE,
+    DEMO_MODEL,
+)
+from medspark.volumes.synthetic import chest_hu, chest_labels, random_chest
 
 __all__ = [
     "DEFAULT_MODEL_CARD",
@@ -36,22 +42,6 @@ __all__ = [
     "tiny_unet3d",
     "train_volume_model",
 ]
-
-DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
-DEFAULT_MODEL_FILE = DEFAULT_MODEL_DIR / "model.ts"
-DEFAULT_MODEL_CARD = DEFAULT_MODEL_DIR / "model_card.json"
-
-#: The settings the demonstration model was trained with: the ``volumes`` config it needs.
-DEMO_MODEL: dict[str, Any] = {
-    "name": "medspark-chest-demo-3d",
-    "version": "1",
-    "labels": list(CHEST_LABELS),
-    "roi_size": [32, 64, 64],
-    "train_crop": [24, 48, 48],
-    "orientation": "SPL",
-    "target_spacing": [2.0, 2.0, 2.0],
-    "intensity_range": [-1000.0, 400.0],
-}
 
 
 def tiny_unet3d(width: int = 6, classes: int = 3) -> Any:
