@@ -56,6 +56,11 @@ def _common(parser: argparse.ArgumentParser, *, warehouse_required: bool = True)
     parser.add_argument(
         "--verbose", action="store_true", help="print the full trace of a failure, not one line"
     )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress line and no info lines (summaries and warnings are still printed)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -563,7 +568,10 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from medspark.logs import configure
+
     args = build_parser().parse_args(argv)
+    configure(quiet=getattr(args, "quiet", False))
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:

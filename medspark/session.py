@@ -20,6 +20,7 @@ that they are there and says what to add if not.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -28,6 +29,8 @@ from typing import Any
 
 from medspark.config import SparkConfig
 from medspark.errors import EnvironmentProblem
+
+LOG = logging.getLogger(__name__)
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
@@ -120,21 +123,17 @@ def fetch_delta_jars(coords: str, conf: dict[str, str] | None = None) -> list[st
         try:  # released when the file closes, or the process dies
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(
-                f"medspark: waiting for another start to finish its jar fetch ({lock.name})",
-                file=sys.stderr,
-                flush=True,
-            )
+            LOG.warning("waiting for another start to finish its jar fetch (%s)", lock.name)
             fcntl.flock(lock, fcntl.LOCK_EX)
         jars = cached_delta_jars(coords)
         if jars:
             return jars
         log = log_dir() / f"medspark-fetch-jars-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
-        print(
-            f"medspark: fetching Delta Lake jars ({coords}) into {settings['spark.jars.ivy']}, "
-            f"first start only (details: {log})",
-            file=sys.stderr,
-            flush=True,
+        LOG.warning(
+            "fetching Delta Lake jars (%s) into %s, first start only (details: %s)",
+            coords,
+            settings["spark.jars.ivy"],
+            log,
         )
         with open(log, "w", encoding="utf-8") as out:
             try:

@@ -74,11 +74,11 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
 import stat
-import sys
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -88,6 +88,8 @@ from typing import TYPE_CHECKING, Any
 from medspark.config import DeidConfig
 from medspark.dicom.deid_table import ActionTable, load_table
 from medspark.errors import ConfigError
+
+LOG = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -313,10 +315,10 @@ def _create_secret_file(path: Path) -> bytes:
             return _read_secret_file(path)
     finally:
         os.unlink(tmp)
-    print(
-        f"medspark: created the de-identification secret {path} (mode 0600); keep it and back "
-        "it up: without it pseudonyms and date shifts cannot be reproduced",
-        file=sys.stderr,
+    LOG.warning(
+        "created the de-identification secret %s (mode 0600); keep it and back it up: without "
+        "it pseudonyms and date shifts cannot be reproduced",
+        path,
     )
     return secret
 

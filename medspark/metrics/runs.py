@@ -15,9 +15,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from medspark.config import PipelineConfig, to_dict
+
+LOG = logging.getLogger(__name__)
 
 
 def config_hash(config: PipelineConfig) -> str:
@@ -77,7 +79,7 @@ def recorded_run(spark: Any, config: PipelineConfig, job: str, run_id: str) -> I
         row = _row(spark, config, record, started)
         _start(config, row)
     except Exception as exc:  # noqa: BLE001 - bookkeeping must not stop the step
-        print(f"medspark: could not record the start of run {run_id}: {exc}", file=sys.stderr)
+        LOG.warning("could not record the start of run %s: %s", run_id, exc)
     error: BaseException | None = None
     try:
         with job_group(spark, run_id, f"medspark {job} {run_id}"):
@@ -98,7 +100,7 @@ def recorded_run(spark: Any, config: PipelineConfig, job: str, run_id: str) -> I
                 _write(spark, config, record, row, seconds, error)
         except Exception as exc:  # noqa: BLE001 - bookkeeping must not mask the step's result
             if error is None or row is None:
-                print(f"medspark: could not record run {run_id}: {exc}", file=sys.stderr)
+                LOG.warning("could not record run %s: %s", run_id, exc)
             else:  # the step's own failure is the one line the CLI prints
                 # The log folder's disk full too: the run stays running (then abandoned).
                 with suppress(OSError):
@@ -238,19 +240,11 @@ def _start(config: PipelineConfig, row: dict[str, Any]) -> None:
 
     path = config.table_path("job_runs")
     if ensure_schema(path, "job_runs"):
-        print(
-            f"medspark: {path}: job_runs upgraded to this release's schema (rows kept)",
-            file=sys.stderr,
-        )
+        LOG.warning("%s: job_runs upgraded to this release's schema (rows kept)", path)
     for run_id in record_pending(path):
-        print(
-            f"medspark: run {run_id} failed before it could record why: recorded now",
-            file=sys.stderr,
-        )
+        LOG.warning("run %s failed before it could record why: recorded now", run_id)
     for run_id in mark_abandoned(path):
-        print(
-            f"medspark: run {run_id} was killed before it ended: marked abandoned", file=sys.stderr
-        )
+        LOG.warning("run %s was killed before it ended: marked abandoned", run_id)
     append_rows(path, "job_runs", [row])
 
 
@@ -285,9 +279,15 @@ def _write(
     append_rows(config.table_path("stage_metrics"), "stage_metrics", stages)
     if stages:
         slowest = max(stages, key=lambda r: r["executor_run_time_s"])
-        print(
-            f"run {record.run_id} ({record.job}): {seconds:.1f} s, {len(stages)} Spark stage(s); "
-            f"slowest stage {slowest['stage_id']} ({slowest['name']}): "
-            f"{slowest['executor_run_time_s']:.1f} s executor time over {slowest['num_tasks']} "
-            "task(s)"
+        LOG.info(
+            "run %s (%s): %.1f s, %d Spark stage(s); slowest stage %s (%s): %.1f s executor "
+            "time over %d task(s)",
+            record.run_id,
+            record.job,
+            seconds,
+            len(stages),
+            slowest["stage_id"],
+            slowest["name"],
+            slowest["executor_run_time_s"],
+            slowest["num_tasks"],
         )

@@ -8,11 +8,11 @@ Key columns may be null (``archive_member`` of a loose file); they are compared 
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import shutil
 import stat
-import sys
 import time
 from collections.abc import Callable, Sequence
 from functools import reduce
@@ -26,6 +26,8 @@ from pyspark.sql import functions as F
 from medspark.errors import ConfigError
 from medspark.failures import committed
 from medspark.tables.schemas import BOOKKEEPING_COLUMNS, TABLES
+
+LOG = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from medspark.config import PipelineConfig
@@ -64,10 +66,12 @@ def ensure_restricted_root(config: PipelineConfig) -> Path:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(root, 0o700)  # mkdir's mode is filtered by the umask
     elif stat.S_IMODE(root.stat().st_mode) & (stat.S_IRWXG | stat.S_IRWXO):
-        print(
-            f"medspark: warning: restricted tables root {root} is open to group or others "
-            f"(mode {stat.S_IMODE(root.stat().st_mode):04o}); restrict it with: chmod 700 {root}",
-            file=sys.stderr,
+        LOG.warning(
+            "warning: restricted tables root %s is open to group or others (mode %04o); "
+            "restrict it with: chmod 700 %s",
+            root,
+            stat.S_IMODE(root.stat().st_mode),
+            root,
         )
     return root
 
@@ -465,10 +469,14 @@ def with_retries(fn: Callable[[], T], what: str) -> T:
                 raise
             pause = wait * (1 + random.random() / 2)
             name = type(exc).__name__
-            print(
-                f"medspark: the write to {what} lost a commit race to another writer ({name}); "
-                f"retry {attempt + 1} of {RETRY_ATTEMPTS} in {pause:.1f} s",
-                file=sys.stderr,
+            LOG.warning(
+                "the write to %s lost a commit race to another writer (%s); retry %d of %d in "
+                "%.1f s",
+                what,
+                name,
+                attempt + 1,
+                RETRY_ATTEMPTS,
+                pause,
             )
             time.sleep(pause)
             wait *= 2
