@@ -232,7 +232,7 @@ def test_cluster_tables_equal_local_run(spark, runs, table, run):
     assert_rows_equal(
         _table(spark, runs[run], table),
         _table(spark, runs["local"], table),
-        keys=TABLES[table][1],
+        keys=TABLES[table].key,
         drop=RUN_COLUMNS,
         what=table,
     )
@@ -243,7 +243,7 @@ def test_cluster_predictions_equal_local_run(spark, runs, run):
     assert_rows_equal(
         _table(spark, runs[run], "predictions"),
         _table(spark, runs["local"], "predictions"),
-        keys=TABLES["predictions"][1],
+        keys=TABLES["predictions"].key,
         drop=RUN_COLUMNS,
         approx=["score", "probabilities"],  # float noise of batching
         what="predictions",

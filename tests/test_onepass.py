@@ -180,7 +180,7 @@ def test_run_equals_ingest_preprocess_infer(spark, inputs, tmp_path, where):
         assert_rows_equal(
             _table(spark, onepass, table),
             _table(spark, steps, table),
-            keys=TABLES[table][1],
+            keys=TABLES[table].key,
             drop=RUN_COLUMNS,
             what=table,
         )
@@ -188,7 +188,7 @@ def test_run_equals_ingest_preprocess_infer(spark, inputs, tmp_path, where):
     assert_rows_equal(
         _table(spark, onepass, "predictions"),
         _table(spark, steps, "predictions"),
-        keys=TABLES["predictions"][1],
+        keys=TABLES["predictions"].key,
         drop=RUN_COLUMNS,
         approx=["score", "probabilities"],
         what="predictions",

@@ -10,12 +10,14 @@ import numpy as np
 import pydicom
 import pytest
 
-from medspark.waveforms.decode import (
+from medspark.tables.error_classes import (
     BAD_CHANNEL_DEFINITION,
     NO_WAVEFORM,
     UNSUPPORTED_WAVEFORM,
     WAVEFORM_DATA_TOO_SHORT,
     WAVEFORM_TOO_LARGE,
+)
+from medspark.waveforms.decode import (
     WaveformError,
     alaw_to_linear,
     decode_waveforms,

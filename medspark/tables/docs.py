@@ -8,9 +8,9 @@ rewrites the generated part of ``docs/tables.md`` (between ``<!-- tables:start``
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
-from medspark.tables.error_classes import INGEST_ERROR_CLASSES, PREPROCESS_ERROR_CLASSES
 from medspark.tables.schemas import TABLES
 
 #: The file whose generated part is :func:`table_reference` (in a source checkout).
@@ -19,7 +19,14 @@ START = "<!-- tables:start"
 END = "<!-- tables:end -->"
 
 
-def _error_classes(table: str, classes: dict[str, str], note: str = "") -> list[str]:
+#: Notes under a table's error classes.
+_NOTES = {
+    "preprocess_errors": "An item the reader refuses on the re-read keeps the class ingest gives "
+    "it (`too_large`, `decompression_bomb`, ...).",
+}
+
+
+def _error_classes(table: str, classes: Mapping[str, str], note: str = "") -> list[str]:
     out = [f"#### Error classes in `{table}`\n", "| error_class | when |", "|---|---|"]
     out += [f"| `{name}` | {meaning} |" for name, meaning in classes.items()]
     out += ["", note, ""] if note else [""]
@@ -28,24 +35,23 @@ def _error_classes(table: str, classes: dict[str, str], note: str = "") -> list[
 
 def table_reference() -> str:
     """Markdown: one section per table, one row per column (name, type, null, meaning), then
-    the error classes of ``ingest_errors`` and ``preprocess_errors``."""
+    the error classes of each error table, from the registry (:data:`TABLES`)."""
     out: list[str] = []
-    for name, (schema, keys) in TABLES.items():
-        out.append(f"#### `{name}` (key: {', '.join(f'`{k}`' for k in keys)})\n")
+    for name, table in TABLES.items():
+        where = ", restricted" if table.restricted else ""
+        keys = ", ".join(f"`{k}`" for k in table.key)
+        out.append(f"#### `{name}` (key: {keys}{where})\n")
+        out.append(f"{table.summary[0].upper()}{table.summary[1:]}.\n")
         out.append("| column | type | nullable | meaning |")
         out.append("|---|---|---|---|")
-        for f in schema.fields:
+        for f in table.schema.fields:
             comment = f.metadata.get("comment", "")
             null = "yes" if f.nullable else "no"
             out.append(f"| `{f.name}` | {f.dataType.simpleString()} | {null} | {comment} |")
         out.append("")
-    out += _error_classes("ingest_errors", INGEST_ERROR_CLASSES)
-    out += _error_classes(
-        "preprocess_errors",
-        PREPROCESS_ERROR_CLASSES,
-        "An item the reader refuses on the re-read keeps the class ingest gives it "
-        "(`too_large`, `decompression_bomb`, ...).",
-    )
+    for name, table in TABLES.items():
+        if table.error_classes:
+            out += _error_classes(name, table.error_classes, _NOTES.get(name, ""))
     return "\n".join(out)
 
 

@@ -1,9 +1,10 @@
-"""Error classes: the values of ``error_class`` in ``ingest_errors`` and ``preprocess_errors``.
+"""Error classes: the values of ``error_class`` in the four error tables (``ingest_errors``,
+``preprocess_errors``, ``waveform_errors``, ``series_errors``).
 
 Declared once, here, beside the schemas: the code that writes an error row takes its class from
-this module, and the table reference (``docs/tables.md``, :mod:`medspark.tables.docs`) lists
-them from :data:`INGEST_ERROR_CLASSES` and :data:`PREPROCESS_ERROR_CLASSES`. Pure Python: it is
-imported on the executors.
+this module, the table registry (:data:`medspark.tables.schemas.TABLES`) names each error
+table's classes, and the table reference (``docs/tables.md``) lists them from there. Pure
+Python: it is imported on the executors.
 """
 
 from __future__ import annotations
@@ -32,6 +33,19 @@ SOURCE_CHANGED = "source_changed"
 UNDECODABLE_FILE = "undecodable_file"
 UNDECODABLE_FRAME = "undecodable_frame"
 PREPROCESS_FAILED = "preprocess_failed"
+# Waveforms (medspark.waveforms.decode).
+NO_WAVEFORM = "no_waveform"
+BAD_CHANNEL_DEFINITION = "bad_channel_definition"
+UNSUPPORTED_WAVEFORM = "unsupported_waveform"
+WAVEFORM_DATA_TOO_SHORT = "waveform_data_too_short"
+UNREADABLE_WAVEFORM = "unreadable_waveform"
+WAVEFORM_TOO_LARGE = "waveform_too_large"
+# Series as volumes (medspark.volumes.assemble, medspark.volumes.steps).
+IRREGULAR_SERIES = "irregular_series"
+SERIES_TOO_LARGE = "series_too_large"
+NOT_MONOCHROME = "not_monochrome"
+SEGMENTATION_FAILED = "segmentation_failed"
+SEG_FAILED = "seg_failed"
 
 #: ``ingest_errors.error_class`` -> when an item gets it.
 INGEST_ERROR_CLASSES: dict[str, str] = {
@@ -63,4 +77,30 @@ PREPROCESS_ERROR_CLASSES: dict[str, str] = {
     UNDECODABLE_FRAME: "one frame failed to decode; the others still produce rows",
     PREPROCESS_FAILED: "an operation of the chain raised on this frame",
     SOURCE_CHANGED: "the item's SHA-256 differs from the one ingest recorded: ingest it again",
+}
+
+#: ``waveform_errors.error_class`` -> when an instance (or one multiplex group) gets it.
+WAVEFORM_ERROR_CLASSES: dict[str, str] = {
+    NO_WAVEFORM: "no Waveform Sequence (5400,0100), or it is empty",
+    BAD_CHANNEL_DEFINITION: "channel counts, sensitivity or units disagree",
+    UNSUPPORTED_WAVEFORM: "a bits / sample interpretation pair PS3.3 does not define",
+    WAVEFORM_DATA_TOO_SHORT: "fewer bytes than channels x samples",
+    UNREADABLE_WAVEFORM: "not DICOM, or pydicom could not parse it",
+    WAVEFORM_TOO_LARGE: "more samples than the step's limit",
+    SOURCE_CHANGED: "the item's SHA-256 differs from the one ingest recorded",
+    UNREADABLE: "the item could not be read again",
+}
+
+#: ``series_errors.error_class`` -> when a series gets it (or the reader's class of an
+#: instance it could not read again).
+SERIES_ERROR_CLASSES: dict[str, str] = {
+    IRREGULAR_SERIES: "the geometry is not a regular volume (see series.verdict)",
+    SERIES_TOO_LARGE: "more voxels than volumes.max_voxels",
+    NOT_MONOCHROME: "a colour series: the volume models take one channel",
+    UNREADABLE: "an instance could not be read again",
+    SOURCE_CHANGED: "an instance's SHA-256 differs from the one ingest recorded",
+    UNDECODABLE_FILE: "an instance has no usable Pixel Data",
+    UNDECODABLE_FRAME: "a frame failed to decode",
+    SEGMENTATION_FAILED: "the model raised on the volume",
+    SEG_FAILED: "the DICOM SEG file could not be written",
 }

@@ -11,6 +11,9 @@ reader's session zone.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
 from pyspark.sql.types import (
     ArrayType,
     BinaryType,
@@ -27,7 +30,12 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from medspark.tables.error_classes import PREPROCESS_ERROR_CLASSES
+from medspark.tables.error_classes import (
+    INGEST_ERROR_CLASSES,
+    PREPROCESS_ERROR_CLASSES,
+    SERIES_ERROR_CLASSES,
+    WAVEFORM_ERROR_CLASSES,
+)
 
 
 def _f(name: str, dtype: object, nullable: bool = True, comment: str = "") -> StructField:
@@ -920,36 +928,137 @@ MODEL_ROC = StructType(
     ]
 )
 
-#: Table name (config key under ``tables``) -> (schema, merge key columns).
-TABLES: dict[str, tuple[StructType, tuple[str, ...]]] = {
-    "scans": (SCANS, ("sop_instance_uid",)),
-    "ingest_errors": (INGEST_ERRORS, ("source_uri", "archive_member")),
-    "images": (IMAGES, ("sop_instance_uid", "frame")),
-    "preprocess_errors": (PREPROCESS_ERRORS, ("sop_instance_uid", "frame")),
-    "predictions": (PREDICTIONS, ("sop_instance_uid", "frame", "model", "model_version")),
-    "saliency": (SALIENCY, ("sop_instance_uid", "frame", "model", "model_version")),
-    "model_metrics": (MODEL_METRICS, ("run_id", "model", "model_version", "class_name")),
-    "model_evaluation": (
+
+@dataclass(frozen=True)
+class Table:
+    """One table of the warehouse, declared once: every writer, reader, the config's
+    ``tables`` section, the YAML and ``docs/tables.md`` take it from :data:`TABLES` (tests check
+    the last three against it).
+
+    ``key``: the columns a row is merged on (unique per row). ``restricted``: the table holds
+    identifying values or the key to them, lives under the restricted warehouse (mode 0700)
+    and is never handed to analysts; its name starts with ``restricted_``. ``error_classes``:
+    for an error table, its ``error_class`` values and when a row gets each. ``summary``: one
+    line for people.
+    """
+
+    schema: StructType
+    key: tuple[str, ...]
+    summary: str
+    restricted: bool = False
+    error_classes: Mapping[str, str] = field(default_factory=dict)
+
+
+#: Every table medspark writes, by its config key under ``tables`` (also its default name).
+TABLES: dict[str, Table] = {
+    "scans": Table(SCANS, ("sop_instance_uid",), "one de-identified row per DICOM instance"),
+    "ingest_errors": Table(
+        INGEST_ERRORS,
+        ("source_uri", "archive_member"),
+        "every input item that is not a scan, with its reason",
+        error_classes=INGEST_ERROR_CLASSES,
+    ),
+    "images": Table(IMAGES, ("sop_instance_uid", "frame"), "one preprocessed frame per row"),
+    "preprocess_errors": Table(
+        PREPROCESS_ERRORS,
+        ("sop_instance_uid", "frame"),
+        "frames (or items) that could not be preprocessed",
+        error_classes=PREPROCESS_ERROR_CLASSES,
+    ),
+    "predictions": Table(
+        PREDICTIONS,
+        ("sop_instance_uid", "frame", "model", "model_version"),
+        "the model's label, score and probabilities per frame",
+    ),
+    "saliency": Table(
+        SALIENCY,
+        ("sop_instance_uid", "frame", "model", "model_version"),
+        "Grad-CAM overlay and box per prediction (inference.saliency)",
+    ),
+    "model_metrics": Table(
+        MODEL_METRICS,
+        ("run_id", "model", "model_version", "class_name"),
+        "figures of an evaluation run per class",
+    ),
+    "model_evaluation": Table(
         MODEL_EVALUATION,
         ("run_id", "model", "model_version", "level", "subgroup", "metric"),
+        "figures with intervals per level and subgroup",
     ),
-    "model_calibration": (MODEL_CALIBRATION, ("run_id", "model", "model_version", "level", "bin")),
-    "model_roc": (MODEL_ROC, ("run_id", "model", "model_version", "level", "point")),
-    "restricted_phi_map": (RESTRICTED_PHI_MAP, ("kind", "original")),
-    "job_runs": (JOB_RUNS, ("run_id",)),
-    "stage_metrics": (STAGE_METRICS, ("run_id", "stage_id", "attempt_id")),
-    "worker_metrics": (WORKER_METRICS, ("run_id", "step", "partition", "batch")),
-    "scanner_utilization": (SCANNER_UTILIZATION, ("modality", "station_name", "day")),
-    "restricted_acquisitions": (RESTRICTED_ACQUISITIONS, ("sop_instance_uid",)),
-    "restricted_images": (RESTRICTED_IMAGES, ("sop_instance_uid", "frame")),
-    "restricted_locations": (RESTRICTED_LOCATIONS, ("source_uri", "archive_member")),
-    "waveforms": (WAVEFORMS, ("sop_instance_uid", "multiplex_group", "channel")),
-    "ecg_metrics": (ECG_METRICS, ("sop_instance_uid", "lead")),
-    "waveform_errors": (WAVEFORM_ERRORS, ("sop_instance_uid",)),
-    "series": (SERIES, ("series_instance_uid",)),
-    "series_segments": (
+    "model_calibration": Table(
+        MODEL_CALIBRATION,
+        ("run_id", "model", "model_version", "level", "bin"),
+        "reliability curve per level",
+    ),
+    "model_roc": Table(
+        MODEL_ROC,
+        ("run_id", "model", "model_version", "level", "point"),
+        "ROC curve and its confidence band per level",
+    ),
+    "restricted_phi_map": Table(
+        RESTRICTED_PHI_MAP,
+        ("kind", "original"),
+        "original -> pseudonymous ids (deid.phi_map)",
+        restricted=True,
+    ),
+    "job_runs": Table(JOB_RUNS, ("run_id",), "one row per medspark command run"),
+    "stage_metrics": Table(
+        STAGE_METRICS, ("run_id", "stage_id", "attempt_id"), "Spark stages of each run"
+    ),
+    "worker_metrics": Table(
+        WORKER_METRICS,
+        ("run_id", "step", "partition", "batch"),
+        "per-batch timings, memory and GPU of the Python workers",
+    ),
+    "scanner_utilization": Table(
+        SCANNER_UTILIZATION,
+        ("modality", "station_name", "day"),
+        "scanners' use by modality, station and day",
+    ),
+    "restricted_acquisitions": Table(
+        RESTRICTED_ACQUISITIONS,
+        ("sop_instance_uid",),
+        "true acquisition times, pseudonymous ids",
+        restricted=True,
+    ),
+    "restricted_images": Table(
+        RESTRICTED_IMAGES,
+        ("sop_instance_uid", "frame"),
+        "pixels withheld for burned-in text",
+        restricted=True,
+    ),
+    "restricted_locations": Table(
+        RESTRICTED_LOCATIONS,
+        ("source_uri", "archive_member"),
+        "location key -> file path (deid.keep_paths)",
+        restricted=True,
+    ),
+    "waveforms": Table(
+        WAVEFORMS,
+        ("sop_instance_uid", "multiplex_group", "channel"),
+        "samples per lead (de-identified)",
+    ),
+    "ecg_metrics": Table(
+        ECG_METRICS,
+        ("sop_instance_uid", "lead"),
+        "heart rate, RR, PR, QRS, QT/QTc per ECG and lead",
+    ),
+    "waveform_errors": Table(
+        WAVEFORM_ERRORS,
+        ("sop_instance_uid",),
+        "waveforms that could not be decoded",
+        error_classes=WAVEFORM_ERROR_CLASSES,
+    ),
+    "series": Table(SERIES, ("series_instance_uid",), "one row per series: geometry and verdict"),
+    "series_segments": Table(
         SERIES_SEGMENTS,
         ("series_instance_uid", "model", "model_version", "label"),
+        "3D segmentation per series and label (and its DICOM SEG file)",
     ),
-    "series_errors": (SERIES_ERRORS, ("series_instance_uid", "model", "model_version")),
+    "series_errors": Table(
+        SERIES_ERRORS,
+        ("series_instance_uid", "model", "model_version"),
+        "series that could not be assembled or segmented",
+        error_classes=SERIES_ERROR_CLASSES,
+    ),
 }

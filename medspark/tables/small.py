@@ -25,7 +25,7 @@ def arrow_schema(table: str) -> Any:
     """The Arrow schema of a declared table, as Spark maps its types (UTC timestamps)."""
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    schema, _ = TABLES[table]
+    schema = TABLES[table].schema
     return to_arrow_schema(schema, timezone="UTC")
 
 
@@ -71,7 +71,7 @@ def upsert_row(path: str, table: str, row: dict[str, Any], attempts: int = 6) ->
     from deltalake import DeltaTable
     from deltalake.exceptions import CommitFailedError
 
-    _, keys = TABLES[table]
+    keys = TABLES[table].key
     predicate = " AND ".join(f"t.{k} = s.{k}" for k in keys)
     for attempt in range(attempts):
         try:

@@ -78,7 +78,7 @@ def ensure_restricted_root(config: PipelineConfig) -> Path:
 
 def conform(df: DataFrame, table: str) -> DataFrame:
     """Select ``df``'s columns in the declared order and types of ``table``'s schema."""
-    schema, _ = TABLES[table]
+    schema = TABLES[table].schema
     return df.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
 
 
@@ -119,7 +119,7 @@ def _ensure_table_once(spark: Any, path: str, table: str) -> Any:
     from delta.tables import DeltaTable
 
     _clear_stale_empty_log(path)
-    schema, _ = TABLES[table]
+    schema = TABLES[table].schema
     builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
     for key, value in TABLE_PROPERTIES.items():
         builder = builder.property(key, value)
@@ -195,7 +195,7 @@ def _merge_into_once(
     """
     from delta.tables import DeltaTable
 
-    _, keys = TABLES[table]
+    keys = TABLES[table].key
     existed = not fresh and DeltaTable.isDeltaTable(spark, path)
     if not fresh:
         ensure_table(spark, path, table)
@@ -337,7 +337,7 @@ def _delete_matching_once(
 
     if not DeltaTable.isDeltaTable(spark, path):
         return 0
-    key_columns = on or TABLES[table][1]
+    key_columns = on or TABLES[table].key
     target = DeltaTable.forPath(spark, path)
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in key_columns)
     source = keys.select(*key_columns).distinct()
@@ -364,7 +364,7 @@ def _stored_content(spark: Any, path: str, table: str) -> DataFrame | None:
     """The table's rows without :data:`~medspark.tables.schemas.BOOKKEEPING_COLUMNS`: what a
     re-run's rows are compared with. None when the table lacks one of the declared columns
     (written by an older release): then nothing compares equal."""
-    schema, _ = TABLES[table]
+    schema = TABLES[table].schema
     compare = [n for n in schema.fieldNames() if n not in BOOKKEEPING_COLUMNS]
     current = spark.read.format("delta").load(path)
     if not set(compare) <= set(current.columns):

@@ -39,6 +39,11 @@ from medspark.preprocess.udf import (
     UNREADABLE,
     _reread_problem,
 )
+from medspark.tables.error_classes import (
+    IRREGULAR_SERIES,
+    NOT_MONOCHROME,
+    SERIES_TOO_LARGE,
+)
 from medspark.volumes.geometry import (
     GEOMETRY_COLUMNS,
     SeriesGeometry,
@@ -65,9 +70,6 @@ __all__ = [
     "plan_volume",
 ]
 
-IRREGULAR_SERIES = "irregular_series"
-SERIES_TOO_LARGE = "series_too_large"
-NOT_MONOCHROME = "not_monochrome"
 
 #: The ``scans`` columns assembly needs per instance.
 VOLUME_INPUT_COLUMNS = (

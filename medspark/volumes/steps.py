@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 
 from medspark.config import PipelineConfig
 from medspark.recording import error_lines
+from medspark.tables.error_classes import SEG_FAILED, SEGMENTATION_FAILED
 from medspark.volumes.assemble import VOLUME_INPUT_COLUMNS, VolumeError, VolumeSettings
 from medspark.volumes.segment import VolumeModel
 from medspark.volumes.series import needs_header
@@ -41,11 +42,10 @@ __all__ = [
     "volumes_after_run",
 ]
 
-#: The model or the 3D chain raised on a series that assembled fine.
-SEGMENTATION_FAILED = "segmentation_failed"
-#: The series was segmented but its DICOM SEG could not be built or written; its rows are not
-#: written either (a rerun writes both), so series_segments never points at a missing file.
-SEG_FAILED = "seg_failed"
+# SEGMENTATION_FAILED: the model or the 3D chain raised on a series that assembled fine.
+# SEG_FAILED: the series was segmented but its DICOM SEG could not be built or written; its
+# rows are not written either (a rerun writes both), so series_segments never points at a
+# missing file.
 
 #: The ``scans`` columns the DICOM SEG's source datasets need beside the volume's, plus
 #: ``seg_header`` (:data:`medspark.volumes.dicom_seg.SEG_HEADER_TAGS` of ``header_json``).

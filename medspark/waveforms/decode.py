@@ -34,27 +34,18 @@ from typing import Any
 import numpy as np
 
 from medspark.errors import MedsparkError
-
-#: Error classes of the waveforms step (the ``waveform_errors`` table's ``error_class``).
-NO_WAVEFORM = "no_waveform"  # no Waveform Sequence (5400,0100), or it is empty
-BAD_CHANNEL_DEFINITION = "bad_channel_definition"  # counts, sensitivity, units disagree
-UNSUPPORTED_WAVEFORM = "unsupported_waveform"  # bits/interpretation pair not in PS3.3
-WAVEFORM_DATA_TOO_SHORT = "waveform_data_too_short"  # fewer bytes than channels x samples
-UNREADABLE_WAVEFORM = "unreadable_waveform"  # not DICOM, or pydicom could not parse it
-WAVEFORM_TOO_LARGE = "waveform_too_large"  # more samples than the step's limit
-
-WAVEFORM_ERROR_CLASSES = (
-    NO_WAVEFORM,
+from medspark.tables.error_classes import (
     BAD_CHANNEL_DEFINITION,
+    NO_WAVEFORM,
     UNSUPPORTED_WAVEFORM,
     WAVEFORM_DATA_TOO_SHORT,
-    UNREADABLE_WAVEFORM,
     WAVEFORM_TOO_LARGE,
 )
 
 
 class WaveformError(MedsparkError):
-    """A waveform that cannot be decoded; ``error_class`` is one of :data:`WAVEFORM_ERROR_CLASSES`,
+    """A waveform that cannot be decoded; ``error_class`` is one of
+    :data:`medspark.tables.error_classes.WAVEFORM_ERROR_CLASSES`,
     ``group`` the 0-based multiplex group (None: the whole instance)."""
 
     def __init__(self, error_class: str, message: str, group: int | None = None) -> None:

@@ -99,7 +99,8 @@ def process_instance(
     """Rows (``kind`` waveform / metrics / error) of one instance's bytes; never raises for bad
     input. ``key`` holds ``sop_instance_uid``, ``source_uri`` and ``archive_member``."""
     from medspark.dicom.header import ItemError, _read_dataset, check_inflated_size
-    from medspark.waveforms.decode import UNREADABLE_WAVEFORM, WaveformError, decode_waveforms
+    from medspark.tables.error_classes import UNREADABLE_WAVEFORM
+    from medspark.waveforms.decode import WaveformError, decode_waveforms
     from medspark.waveforms.ecg import analyse_instance
 
     where = key["source_uri"] + (f"!{key['archive_member']}" if key["archive_member"] else "")
