@@ -303,8 +303,14 @@ def _recorded(
         except BaseException:
             spark.stop()
             raise
+    from medspark.progress import progress_line
+
+    quiet = getattr(args, "quiet", False)
     try:
-        with recorded_run(spark, config, job, new_run_id()) as record:
+        with (
+            recorded_run(spark, config, job, new_run_id()) as record,
+            progress_line(spark, enabled=False if quiet else None),
+        ):
             result = step(spark, config, record)
     finally:
         spark.stop()
