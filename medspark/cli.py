@@ -573,6 +573,16 @@ COMMANDS = {
 }
 
 
+#: The one line and exit code of medspark's own errors: 2 a bad invocation or configuration,
+#: 3 the environment (Java, the jars), 1 anything else the command refused.
+EXIT_CODES: dict[type[MedsparkError], tuple[str, int]] = {
+    ConfigError: ("configuration error: ", 2),
+    MissingInput: ("", 2),
+    EnvironmentProblem: ("", 3),
+    MedsparkError: ("", 1),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from medspark.logs import configure
 
@@ -580,18 +590,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(quiet=getattr(args, "quiet", False))
     try:
         return COMMANDS[args.command](args)
-    except ConfigError as exc:
-        print(f"medspark: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except MissingInput as exc:
-        print(f"medspark: {exc}", file=sys.stderr)
-        return 2
-    except EnvironmentProblem as exc:
-        print(f"medspark: {exc}", file=sys.stderr)
-        return 3
     except MedsparkError as exc:
-        print(f"medspark: {exc}", file=sys.stderr)
-        return 1
+        # the first class that matches: (line prefix, exit code)
+        prefix, code = next(v for k, v in EXIT_CODES.items() if isinstance(exc, k))
+        print(f"medspark: {prefix}{exc}", file=sys.stderr)
+        return code
     except Exception as exc:  # noqa: BLE001 - Spark, Delta, the file system: one line + a log
         from medspark.failures import describe, disk_full, disk_full_line, write_trace
 

@@ -448,56 +448,36 @@ class VolumesConfig:
             )
 
 
-@dataclass(frozen=True)
-class TablesConfig:
-    """Delta table names under the warehouse directory."""
+def _tables_config() -> type:
+    """``TablesConfig``: one key per table of the registry
+    (:data:`medspark.tables.schemas.TABLES`), its default name the key itself; a restricted
+    table's name must start with ``restricted_``."""
+    from medspark.tables.schemas import TABLES
 
-    scans: str = field(default="scans", metadata=_meta(pattern=_TABLE_NAME.pattern))
-    ingest_errors: str = field(default="ingest_errors", metadata=_meta(pattern=_TABLE_NAME.pattern))
-    images: str = field(default="images", metadata=_meta(pattern=_TABLE_NAME.pattern))
-    preprocess_errors: str = field(
-        default="preprocess_errors", metadata=_meta(pattern=_TABLE_NAME.pattern)
+    restricted = r"^restricted_[A-Za-z0-9_]*$"
+    return dataclasses.make_dataclass(
+        "TablesConfig",
+        [
+            (
+                name,
+                str,
+                field(
+                    default=name,
+                    metadata=_meta(pattern=restricted if t.restricted else _TABLE_NAME.pattern),
+                ),
+            )
+            for name, t in TABLES.items()
+        ],
+        frozen=True,
+        namespace={
+            "__doc__": "Delta table names under the warehouse directory.",
+            "__module__": __name__,
+        },
     )
-    predictions: str = field(default="predictions", metadata=_meta(pattern=_TABLE_NAME.pattern))
-    saliency: str = field(default="saliency", metadata=_meta(pattern=_TABLE_NAME.pattern))
-    model_metrics: str = field(default="model_metrics", metadata=_meta(pattern=_TABLE_NAME.pattern))
-    model_evaluation: str = field(
-        default="model_evaluation", metadata=_meta(pattern=_TABLE_NAME.pattern)
-    )
-    model_calibration: str = field(
-        default="model_calibration", metadata=_meta(pattern=_TABLE_NAME.pattern)
-    )
-    model_roc: str = field(default="model_roc", metadata=_meta(pattern=_TABLE_NAME.pattern))
-    job_runs: str = field(default="job_runs", metadata=_meta(pattern=_TABLE_NAME.pattern))
-    stage_metrics: str = field(default="stage_metrics", metadata=_meta(pattern=_TABLE_NAME.pattern))
-    worker_metrics: str = field(
-        default="worker_metrics", metadata=_meta(pattern=_TABLE_NAME.pattern)
-    )
-    scanner_utilization: str = field(
-        default="scanner_utilization", metadata=_meta(pattern=_TABLE_NAME.pattern)
-    )
-    waveforms: str = field(default="waveforms", metadata=_meta(pattern=_TABLE_NAME.pattern))
-    ecg_metrics: str = field(default="ecg_metrics", metadata=_meta(pattern=_TABLE_NAME.pattern))
-    waveform_errors: str = field(
-        default="waveform_errors", metadata=_meta(pattern=_TABLE_NAME.pattern)
-    )
-    restricted_acquisitions: str = field(
-        default="restricted_acquisitions", metadata=_meta(pattern=r"^restricted_[A-Za-z0-9_]*$")
-    )
-    restricted_phi_map: str = field(
-        default="restricted_phi_map", metadata=_meta(pattern=r"^restricted_[A-Za-z0-9_]*$")
-    )
-    restricted_images: str = field(
-        default="restricted_images", metadata=_meta(pattern=r"^restricted_[A-Za-z0-9_]*$")
-    )
-    restricted_locations: str = field(
-        default="restricted_locations", metadata=_meta(pattern=r"^restricted_[A-Za-z0-9_]*$")
-    )
-    series: str = field(default="series", metadata=_meta(pattern=_TABLE_NAME.pattern))
-    series_segments: str = field(
-        default="series_segments", metadata=_meta(pattern=_TABLE_NAME.pattern)
-    )
-    series_errors: str = field(default="series_errors", metadata=_meta(pattern=_TABLE_NAME.pattern))
+
+
+#: Delta table names under the warehouse directory, one key per registered table.
+TablesConfig: Any = _tables_config()
 
 
 @dataclass(frozen=True)

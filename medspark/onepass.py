@@ -85,18 +85,13 @@ PASS = _pass_schema()
 
 
 def limits(ingest: Any) -> Any:
-    """The archive and item limits of ``ingest`` (an ``IngestConfig``), as the reader takes them."""
+    """The archive and item limits of ``ingest`` (an ``IngestConfig``), as the reader takes them
+    (each :class:`~medspark.sources.archives.Limits` field is the config key of its name)."""
+    from dataclasses import fields
+
     from medspark.sources.archives import Limits
 
-    return Limits(
-        max_item_bytes=ingest.max_item_bytes,
-        max_archive_depth=ingest.max_archive_depth,
-        max_archive_bytes=ingest.max_archive_bytes,
-        max_archive_members=ingest.max_archive_members,
-        max_compression_ratio=ingest.max_compression_ratio,
-        max_inflated_bytes=ingest.max_inflated_bytes,
-        max_frame_samples=ingest.max_frame_samples,
-    )
+    return Limits(**{f.name: getattr(ingest, f.name) for f in fields(Limits)})
 
 
 @dataclass(frozen=True)
