@@ -25,7 +25,6 @@ more (infer), each step writing and re-reading Delta tables.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from pyspark.sql.types import (
     TimestampNTZType,
 )
 
+from medspark.dicom.burned_in import burned_in_reason
 from medspark.tables.schemas import INSTANCES, PREDICTION, PREPROCESSED, SALIENCY
 
 SCAN = "scan"
@@ -108,35 +108,6 @@ class PassSettings:
     predict: Any | None  # medspark.inference.predict.PredictSettings
     batch_size: int = 64
     phi_map: bool = False
-
-
-#: Modalities whose equipment commonly burns text (names, dates) into the pixels.
-BURNED_IN_MODALITIES = ("US",)
-#: Secondary Capture Image Storage SOP classes (screenshots, scanned documents, exports).
-SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
-
-
-def burned_in_reason(
-    header_json: str | None, modality: str | None, sop_class: str | None
-) -> str | None:
-    """Why a frame may show burned-in text, or None: Burned In Annotation (0028,0301) YES, a
-    modality known for it (ultrasound), or a Secondary Capture SOP Class UID (0008,0016).
-
-    The rule of ``medspark.pipeline.pixel_instances`` (which says it in Spark SQL for
-    ``preprocess`` alone), here for one item; a test keeps the two equal.
-    """
-    burned = None
-    if header_json:
-        element = json.loads(header_json).get("00280301") or {}
-        values = element.get("Value") or [None]
-        burned = str(values[0]).upper() if values[0] is not None else None
-    if burned == "YES":
-        return "Burned In Annotation (0028,0301) is YES"
-    if modality in BURNED_IN_MODALITIES:
-        return f"modality {modality} often burns in text"
-    if sop_class is not None and sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
-        return "Secondary Capture SOP class"
-    return None
 
 
 def _scan_rows(item: Any, settings: PassSettings) -> tuple[dict[str, Any], bytes | None]:

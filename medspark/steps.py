@@ -116,25 +116,11 @@ _STREAM_SUFFIXES = (".tar", ".tgz", ".tar.gz", ".gz")
 def pixel_instances(scans: DataFrame) -> DataFrame:
     """Instances that carry Pixel Data (7FE0,0010): the input of preprocessing.
 
-    Also flags instances whose pixels may carry burned-in identity: Burned In Annotation
-    (0028,0301) = YES in the header, a modality known for it (ultrasound), or a Secondary
-    Capture SOP Class UID (0008,0016); the same rule as :func:`medspark.onepass.burned_in_reason`.
-    What happens to their pixels is ``deid.burned_in`` (see :mod:`medspark.preprocess.udf`).
+    With what the burned-in rule needs (:func:`medspark.dicom.burned_in.burned_in_rule`,
+    applied on the executor as ``run``'s pass applies it): the first value of Burned In
+    Annotation (0028,0301), the modality and the SOP Class UID (0008,0016). What happens to the
+    pixels of a flagged instance is ``deid.burned_in`` (see :mod:`medspark.preprocess.udf`).
     """
-    from medspark.onepass import BURNED_IN_MODALITIES, SECONDARY_CAPTURE_PREFIX
-
-    burned = F.upper(F.get_json_object("header_json", "$.00280301.Value[0]"))
-    reason = (
-        F.when(burned == "YES", F.lit("Burned In Annotation (0028,0301) is YES"))
-        .when(
-            F.col("modality").isin(*BURNED_IN_MODALITIES),
-            F.concat(F.lit("modality "), F.col("modality"), F.lit(" often burns in text")),
-        )
-        .when(
-            F.col("sop_class_uid").startswith(SECONDARY_CAPTURE_PREFIX),
-            F.lit("Secondary Capture SOP class"),
-        )
-    )
     # scans rows of releases before scans.container have none: the reader sniffs anyway.
     container = F.col("container") if "container" in scans.columns else F.lit(None)
     return scans.where(F.col("has_pixels")).select(
@@ -143,8 +129,9 @@ def pixel_instances(scans: DataFrame) -> DataFrame:
         "archive_member",
         "sha256",
         container.cast("string").alias("container"),
-        reason.isNotNull().alias("burned_in_annotation"),
-        reason.alias("burned_in_reason"),
+        F.get_json_object("header_json", "$.00280301.Value[0]").alias("burned_in_value"),
+        "modality",
+        "sop_class_uid",
         F.coalesce("number_of_frames", F.lit(1)).alias("number_of_frames"),
     )
 

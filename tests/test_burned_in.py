@@ -108,3 +108,17 @@ def test_flagged_frame_without_regions_is_withheld(test_files):
     assert all(r["tensor"] for r in rows)  # the pixels travel on, to restricted_images only
     unflagged = list(process_item(data, _key(flagged=False), _settings("clean")))
     assert all(r["burned_in_action"] is None for r in unflagged)
+
+
+def test_the_burned_in_rule():
+    from medspark.dicom.burned_in import burned_in_reason, burned_in_rule
+
+    assert burned_in_rule("yes", "CT", None) == "Burned In Annotation (0028,0301) is YES"
+    assert burned_in_rule("NO", "US", None) == "modality US often burns in text"
+    assert (
+        burned_in_rule(None, "OT", "1.2.840.10008.5.1.4.1.1.7.4") == "Secondary Capture SOP class"
+    )
+    assert burned_in_rule("NO", "CT", "1.2.840.10008.5.1.4.1.1.2") is None
+    header = '{"00280301": {"vr": "CS", "Value": ["YES"]}}'
+    assert burned_in_reason(header, "CT", None) == burned_in_rule("YES", "CT", None)
+    assert burned_in_reason('{"00280301": {"vr": "CS"}}', "CT", None) is None

@@ -24,7 +24,6 @@ from medspark.onepass import (
     INGEST_ERROR,
     SCAN,
     PassSettings,
-    burned_in_reason,
     limits,
     process_units,
 )
@@ -102,10 +101,13 @@ def test_process_units_yields_each_item_once_then_its_frames(inputs):
 
 
 @pytest.mark.spark
-def test_burned_in_rule_is_the_sql_rule(spark, test_files):
-    """The pass's Python rule and ``pixel_instances``' Spark SQL rule agree on real files."""
+def test_preprocess_reads_the_burned_in_rule_inputs_the_pass_reads(spark, test_files):
+    """The one burned-in rule gives the same reason on ``pixel_instances``' columns (what
+    ``preprocess`` feeds it, extracted in Spark SQL) as on the whole header (what the pass
+    feeds it), for real files."""
     from pyspark.sql.types import StructType
 
+    from medspark.dicom.burned_in import burned_in_reason, burned_in_rule
     from medspark.dicom.header import ItemError, parse_header
     from medspark.pipeline import pixel_instances
     from medspark.tables.schemas import HEADER_FIELDS, SOURCE_FIELDS
@@ -128,7 +130,10 @@ def test_burned_in_rule_is_the_sql_rule(spark, test_files):
         )
     schema = StructType(HEADER_FIELDS + SOURCE_FIELDS)
     df = spark.createDataFrame([tuple(r[f.name] for f in schema) for r in rows], schema)
-    sql = {r.source_uri: r.burned_in_reason for r in pixel_instances(df).collect()}
+    sql = {
+        r.source_uri: burned_in_rule(r.burned_in_value, r.modality, r.sop_class_uid)
+        for r in pixel_instances(df).collect()
+    }
     python = {
         r["source_uri"]: burned_in_reason(r["header_json"], r["modality"], r["sop_class_uid"])
         for r in rows

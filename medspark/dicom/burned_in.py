@@ -26,6 +26,40 @@ import numpy as np
 
 Region = tuple[int, int, int, int]  # (min_x, min_y, max_x, max_y), inclusive pixel indexes
 
+#: Modalities whose equipment commonly burns text (names, dates) into the pixels.
+BURNED_IN_MODALITIES = ("US",)
+#: Secondary Capture Image Storage SOP classes (screenshots, scanned documents, exports).
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def burned_in_rule(
+    annotation: str | None, modality: str | None, sop_class: str | None
+) -> str | None:
+    """Why a frame may show burned-in text, or None: Burned In Annotation (0028,0301)
+    (``annotation``, its first value) is YES, a modality known for it (ultrasound), or a
+    Secondary Capture SOP Class UID (0008,0016). The one rule: ``run``'s pass applies it to
+    each item it reads, ``preprocess`` to each ``scans`` row it re-reads."""
+    if annotation is not None and str(annotation).upper() == "YES":
+        return "Burned In Annotation (0028,0301) is YES"
+    if modality in BURNED_IN_MODALITIES:
+        return f"modality {modality} often burns in text"
+    if sop_class is not None and sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
+        return "Secondary Capture SOP class"
+    return None
+
+
+def burned_in_reason(
+    header_json: str | None, modality: str | None, sop_class: str | None
+) -> str | None:
+    """:func:`burned_in_rule` for a parsed header (``scans.header_json``, DICOM JSON)."""
+    import json
+
+    annotation = None
+    if header_json:
+        element = json.loads(header_json).get("00280301") or {}
+        annotation = (element.get("Value") or [None])[0]
+    return burned_in_rule(annotation, modality, sop_class)
+
 
 def ultrasound_regions(ds: Any) -> tuple[Region, ...]:
     """The regions of Sequence of Ultrasound Regions (0018,6011), clipped to the image.

@@ -225,14 +225,15 @@ def process_item(
 def preprocess_batches(
     batches: Iterator[Any], settings: PreprocessSettings, columns: list[str]
 ) -> Iterator[Any]:
-    """``mapInPandas`` body: rows of (sop_instance_uid, source_uri, archive_member, burned-in
-    flag and reason, frame_start, frame_stop) in, per-frame rows (``columns`` order, schema
+    """``mapInPandas`` body: rows of (sop_instance_uid, source_uri, archive_member, what the
+    burned-in rule reads, frame_start, frame_stop) in, per-frame rows (``columns`` order, schema
     PREPROCESSED) out, in bounded batches. Rows of the same item (its frame ranges) share one
     read of the item."""
     import cv2
     import pandas as pd
     from pyspark import TaskContext
 
+    from medspark.dicom.burned_in import burned_in_rule
     from medspark.sources.members import read_items
 
     # A task owns spark.task.cpus cores; OpenCV's own thread pool would otherwise start one
@@ -267,24 +268,28 @@ def preprocess_batches(
         # Location -> (key, frame share) of every row that needs the item read there.
         keys: dict[tuple[str, str | None], list[tuple[dict[str, Any], Any]]] = {}
         shas = batch["sha256"] if "sha256" in batch else [None] * len(batch)
-        for sop, uri, member, burned, reason, start, stop, sha in zip(
+        for sop, uri, member, burned, modality, sop_class, start, stop, sha in zip(
             batch["sop_instance_uid"],
             batch["source_uri"],
             batch["archive_member"],
-            batch["burned_in_annotation"],
-            batch["burned_in_reason"],
+            batch["burned_in_value"],
+            batch["modality"],
+            batch["sop_class_uid"],
             batch["frame_start"],
             batch["frame_stop"],
             shas,
             strict=True,
         ):
             member = None if not isinstance(member, str) else member  # pandas gives NaN/None
+            reason = burned_in_rule(
+                *(v if isinstance(v, str) else None for v in (burned, modality, sop_class))
+            )
             key = {
                 "sop_instance_uid": sop,
                 "source_uri": uri,
                 "archive_member": member,
-                "burned_in_annotation": bool(burned),
-                "burned_in_reason": reason if isinstance(reason, str) else None,
+                "burned_in_annotation": reason is not None,
+                "burned_in_reason": reason,
             }
             share = None if pd.isna(start) else (int(start), int(stop))
             expected = sha if isinstance(sha, str) else None
