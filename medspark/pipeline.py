@@ -206,6 +206,14 @@ def _stored_from_other_items(candidates: DataFrame, existing: DataFrame) -> bool
     return not mine.join(stored, "sop_instance_uid").where(~F.expr(SAME_ITEM)).isEmpty()
 
 
+def _written_by_others(path: str) -> bool:
+    """Whether the table this run created and appended to (versions 0 and 1) has a later
+    commit: another writer's. delta-rs lists the log from the driver (no Spark job)."""
+    from deltalake import DeltaTable as RustTable
+
+    return RustTable(path).version() > 1
+
+
 def _existing(spark: Any, path: str) -> DataFrame | None:
     return spark.read.format("delta").load(path) if _is_table(spark, path) else None
 
@@ -868,6 +876,7 @@ def _scan_writes(
     from medspark.tables.schemas import RESTRICTED_ACQUISITIONS
 
     first_acquisitions = "restricted_acquisitions" in rows.fresh
+    first_scans = "scans" in rows.fresh
     acquired = rows.kept.select(*[f.name for f in RESTRICTED_ACQUISITIONS.fields])
     stamp = {"run_id": F.lit(run_id), "recorded_at": F.current_timestamp()}
 
@@ -887,8 +896,8 @@ def _scan_writes(
             metrics=not rows.exact,
             update_if=SAME_ITEM,
         )
-        # series rebuilt from the new scans (not when no scans row changed)
-        refresh_series(spark, config, rows.kept, run_id, scans_changed=not wrote_nothing(counts))
+        if not first_scans:  # series rebuilt from the new scans (not when no row changed)
+            refresh_series(spark, config, rows.kept, run_id, not wrote_nothing(counts))
         return counts
 
     def acquisitions() -> None:
@@ -931,6 +940,8 @@ def _scan_writes(
     }
     if first_acquisitions:
         writes["scanner_utilization"] = utilization_from_this_run
+    if first_scans:  # this run's instances are all there are: series from them, beside scans
+        writes["series"] = lambda: refresh_series(spark, config, rows.kept, run_id, only_these=True)
     if settings.phi_map:
         phi = phi_rows(rows.kept).withColumns(stamp)
         path = config.table_path("restricted_phi_map")
@@ -1078,6 +1089,10 @@ def _commit_pass(
         if decode:
             writes.update(_frame_writes(spark, config, rows, run_id))
         done = dict(zip(writes, concurrently(*writes.values()), strict=True))
+        if "series" in writes and _written_by_others(config.table_path("scans")):
+            # Another first load appended to scans too: its instances may share series with
+            # ours, so ours are rebuilt from the table (the last run to check sees them all).
+            refresh_series(spark, config, rows.kept, run_id)
         if decode:
             metric_rows = [{**m, "rows": m["batch_rows"]} for r in rows.stats for m in r["metrics"]]
             write_metric_rows(config, metric_rows, "run", run_id)

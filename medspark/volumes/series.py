@@ -165,7 +165,12 @@ def build_series(
 
 
 def refresh_series(
-    spark: Any, config: Any, touched: DataFrame, run_id: str, scans_changed: bool = True
+    spark: Any,
+    config: Any,
+    touched: DataFrame,
+    run_id: str,
+    scans_changed: bool = True,
+    only_these: bool = False,
 ) -> None:
     """Rebuild the ``series`` rows of the series ``touched`` has instances of (MERGE).
 
@@ -173,6 +178,9 @@ def refresh_series(
     arrive over several runs is rebuilt from all of its instances in ``scans``, not from this
     run's only. Off when ``volumes.series`` is false. With ``scans_changed`` false (the
     ``scans`` MERGE changed no row, as on a re-run) an existing ``series`` table stands.
+    ``only_these``: ``touched`` holds every instance there is (a first load into an empty
+    ``scans``), so the series are built from it alone, without waiting for ``scans`` to be
+    written and reading it back (on a 20-slice ``run``, 8-10 s after the scans write).
     """
     from delta.tables import DeltaTable
 
@@ -182,8 +190,11 @@ def refresh_series(
         return
     if not scans_changed and DeltaTable.isDeltaTable(spark, config.table_path("series")):
         return
-    scans = spark.read.format("delta").load(config.table_path("scans"))
-    uids = touched.select("series_instance_uid").where(F.col("series_instance_uid").isNotNull())
-    subset = scans.join(uids.distinct(), "series_instance_uid", "left_semi")
+    if only_these:
+        subset = touched
+    else:
+        scans = spark.read.format("delta").load(config.table_path("scans"))
+        uids = touched.select("series_instance_uid").where(F.col("series_instance_uid").isNotNull())
+        subset = scans.join(uids.distinct(), "series_instance_uid", "left_semi")
     series = build_series(subset, run_id, max_interpolated=config.volumes.fill_limit())
     merge_into(spark, series, config.table_path("series"), "series")
