@@ -57,6 +57,10 @@ def _common(parser: argparse.ArgumentParser, *, warehouse_required: bool = True)
         "--verbose", action="store_true", help="print the full trace of a failure, not one line"
     )
     parser.add_argument(
+        "--purpose",
+        help="why restricted tables are read (recorded in restricted_access_log)",
+    )
+    parser.add_argument(
         "--quiet",
         action="store_true",
         help="no progress line and no info lines (summaries and warnings are still printed)",
@@ -114,6 +118,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--model", help="model name (default: inference.model)")
     _common(ev)
+
+    fg = sub.add_parser(
+        "forget",
+        help="remove a patient (or some of their studies) from every table; keep them out",
+    )
+    who = fg.add_mutually_exclusive_group(required=True)
+    who.add_argument("--patient-id", help="the original Patient ID (0010,0020)")
+    who.add_argument("--patient-key", help="the pseudonymous patient key (scans.patient_id)")
+    fg.add_argument(
+        "--study",
+        action="append",
+        default=[],
+        help="only this study (original or pseudonymous Study Instance UID); repeatable",
+    )
+    fg.add_argument("--reason", help="why (recorded in restricted_erasures)")
+    fg.add_argument(
+        "--purge", action="store_true", help="vacuum the replaced files now (retention zero)"
+    )
+    fg.add_argument(
+        "--revoke",
+        action="store_true",
+        help="end an erasure: later runs ingest the subject's items again",
+    )
+    _common(fg)
 
     tr = sub.add_parser("train-demo", help="retrain the bundled demonstration model (synthetic)")
     tr.add_argument("--out", required=True, help="directory for model.pt and model_card.json")
@@ -522,6 +550,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    from medspark.erasure import forget, revoke
+
+    subject = {"patient_id": args.patient_id, "patient_key": args.patient_key}
+    if args.revoke:
+        config = _load(args, str(Path(args.warehouse).absolute()))
+        n = revoke(config, studies=args.study, **subject)
+        print(f"{n} erasure record(s) revoked: later runs ingest the subject's items again")
+        return 0
+
+    def step(spark: Any, config: Any, record: Any) -> Any:
+        result = forget(
+            spark,
+            config,
+            studies=args.study,
+            reason=args.reason,
+            purge=args.purge,
+            run_id=record.run_id,
+            **subject,
+        )
+        record.rows_out.update({f"{t} (removed)": n for t, n in result.rows_removed.items() if n})
+        return result
+
+    _, result = _recorded(args, "forget", step)
+    print(result.summary())
+    return 0
+
+
 def cmd_train_demo(args: argparse.Namespace) -> int:
     import json
 
@@ -568,6 +624,7 @@ COMMANDS = {
     "volumes": cmd_volumes,
     "run": cmd_run,
     "evaluate": cmd_evaluate,
+    "forget": cmd_forget,
     "train-demo": cmd_train_demo,
     "demo": cmd_demo,
 }
@@ -584,10 +641,12 @@ EXIT_CODES: dict[type[MedsparkError], tuple[str, int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from medspark.access import set_context
     from medspark.logs import configure
 
     args = build_parser().parse_args(argv)
     configure(quiet=getattr(args, "quiet", False))
+    set_context(args.command, getattr(args, "purpose", None))
     try:
         return COMMANDS[args.command](args)
     except MedsparkError as exc:

@@ -40,6 +40,7 @@ from pyspark.sql.types import (
 )
 
 from medspark.dicom.burned_in import burned_in_reason
+from medspark.tables.error_classes import ERASED_SUBJECT
 from medspark.tables.schemas import INSTANCES, PREDICTION, PREPROCESSED, SALIENCY
 
 SCAN = "scan"
@@ -108,6 +109,9 @@ class PassSettings:
     predict: Any | None  # medspark.inference.predict.PredictSettings
     batch_size: int = 64
     phi_map: bool = False
+    #: :meth:`~medspark.dicom.deid.Pseudonymizer.erasure_hash` of every erased patient and
+    #: study (``medspark forget``): their items become ``erased_subject`` error rows.
+    erased: frozenset[str] = frozenset()
 
 
 def _scan_rows(item: Any, settings: PassSettings) -> tuple[dict[str, Any], bytes | None]:
@@ -123,6 +127,8 @@ def _scan_rows(item: Any, settings: PassSettings) -> tuple[dict[str, Any], bytes
     if settings.pseudonymizer is not None:
         candidate = {k: v for k, v in row.items() if k in _CANDIDATE_COLUMNS}
         row.update(settings.pseudonymizer.deidentify_row(candidate))
+        if settings.erased and _is_erased(row, settings):
+            return _erased_row(row, settings.pseudonymizer), None
         if settings.phi_map:
             for name in ORIGINAL_IDS:
                 row[f"original_{name}"] = raw.get(name)
@@ -131,6 +137,31 @@ def _scan_rows(item: Any, settings: PassSettings) -> tuple[dict[str, Any], bytes
         raw.get("header_json"), raw.get("modality"), raw.get("sop_class_uid")
     )
     return row, (item.data if row.get("has_pixels") else None)
+
+
+def _is_erased(row: dict[str, Any], settings: PassSettings) -> bool:
+    """Whether a de-identified ``scans`` candidate is of an erased patient or study."""
+    p = settings.pseudonymizer
+    hashes = {p.erasure_hash("patient", row.get("patient_id") or "")}
+    if row.get("study_instance_uid"):
+        hashes.add(p.erasure_hash("study", row["study_instance_uid"]))
+    return not hashes.isdisjoint(settings.erased)
+
+
+def _erased_row(row: dict[str, Any], pseudonymizer: Any) -> dict[str, Any]:
+    """The ``ingest_errors`` row of an erased subject's item: its location as location keys
+    (whatever ``deid.keep_paths`` says: a path can name the patient), no content hash, no
+    identity; it is never located (no ``restricted_locations`` row) nor read further."""
+    uri_key, member_key = pseudonymizer.location_keys(row["source_uri"], row.get("archive_member"))
+    return {
+        "kind": INGEST_ERROR,
+        "source_uri": uri_key,
+        "archive_member": member_key,
+        "size": row.get("size"),
+        "container": row.get("container"),
+        "error_class": ERASED_SUBJECT,
+        "error_message": "an item of a patient or study erased with medspark forget: not read",
+    }
 
 
 def _candidate_columns() -> frozenset[str]:
@@ -167,7 +198,7 @@ def process_units(
             "burned_in_annotation": reason is not None,
             "burned_in_reason": reason,
         }
-        if locate is not None:
+        if locate is not None and row.get("error_class") != ERASED_SUBJECT:
             locate(row)  # location keys in place of paths (deid.keep_paths off)
         yield row
         if data is None or settings.preprocess is None:

@@ -57,6 +57,7 @@ from medspark.steps import (
     split_frames,
     split_withheld,
 )
+from medspark.tables.error_classes import ERASED_SUBJECT
 from medspark.tables.schemas import SOURCE_FIELDS
 from medspark.tables.writers import (
     concurrently,
@@ -104,11 +105,19 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
-def with_paths(spark: Any, config: PipelineConfig, df: DataFrame) -> DataFrame:
+def with_paths(
+    spark: Any, config: PipelineConfig, df: DataFrame, function: str = "with_paths"
+) -> DataFrame:
     """Rows of an analyst table with the file paths back in ``source_uri`` and
     ``archive_member`` (from ``restricted_locations``): for data engineers, who can read the
-    restricted warehouse. Rows that hold paths already (``deid.keep_paths``) stay as they are."""
-    return restore_sources(df, _existing(spark, config.table_path("restricted_locations")))
+    restricted warehouse. Rows that hold paths already (``deid.keep_paths``) stay as they are.
+    The read is logged in ``restricted_access_log`` under ``function``."""
+    from medspark.access import record_access
+
+    locations = _existing(spark, config.table_path("restricted_locations"))
+    if locations is not None:
+        record_access(config, function, ["restricted_locations"])
+    return restore_sources(df, locations)
 
 
 #: A ``scans`` row is refreshed only by the item it came from: a row another run stored for the
@@ -265,6 +274,10 @@ def preprocess(spark: Any, config: PipelineConfig, run_id: str | None = None) ->
     )
     try:
         n_instances = instances.count()
+        if locations is not None:
+            from medspark.access import record_access
+
+            record_access(config, "preprocess", ["restricted_locations"], n_instances)
         parallelism = spark.sparkContext.defaultParallelism
         partitions = config.preprocess.partitions or max(
             2 * parallelism, min(-(-n_instances // 200), 64 * parallelism)
@@ -337,6 +350,9 @@ def model_inputs(spark: Any, config: PipelineConfig) -> DataFrame:
     images = images.select("sop_instance_uid", "frame", "tensor", *beside)
     restricted_path = config.table_path("restricted_images")
     if _is_table(spark, restricted_path):
+        from medspark.access import record_access
+
+        record_access(config, "infer", ["restricted_images"])
         withheld = (
             spark.read.format("delta")
             .load(restricted_path)
@@ -678,14 +694,18 @@ def pass_settings(config: PipelineConfig, decode: bool = True) -> Any:
     frame is decoded (no chain, no model). On, it is ``run``: the model is checked here (file,
     format, input and output shape, the saliency convention), before any task starts.
     """
+    from medspark.erasure import erased_hashes
     from medspark.inference.model import check_model
     from medspark.inference.predict import predict_settings
     from medspark.onepass import PassSettings, limits
 
     pseudonymizer = pseudonymizer_from_config(config.deid)
     phi = pseudonymizer is not None and config.deid.phi_map
+    erased = erased_hashes(config) if pseudonymizer is not None else frozenset()
     if not decode:
-        return PassSettings(limits(config.ingest), None, pseudonymizer, None, phi_map=phi)
+        return PassSettings(
+            limits(config.ingest), None, pseudonymizer, None, phi_map=phi, erased=erased
+        )
     model = config.inference.model_config(None)
     check_model(
         model,
@@ -701,6 +721,7 @@ def pass_settings(config: PipelineConfig, decode: bool = True) -> Any:
         predict=predict_settings(inference, model, config.preprocess.thumbnail_size),
         batch_size=inference.batch_size,
         phi_map=phi,
+        erased=erased,
     )
 
 
@@ -947,7 +968,9 @@ def _scan_writes(
         path = config.table_path("restricted_phi_map")
         writes["restricted_phi_map"] = lambda: merge_into(spark, phi, path, "restricted_phi_map")
     if locates(settings.pseudonymizer):
-        items = rows.out.where(F.col("kind").isin(SCAN, INGEST_ERROR))
+        # an erased subject's items are never located: their paths can name the patient
+        erased = F.col("error_class").eqNullSafe(ERASED_SUBJECT)
+        items = rows.out.where(F.col("kind").isin(SCAN, INGEST_ERROR) & ~erased)
         writes["restricted_locations"] = lambda: _write_locations(spark, config, items, run_id)
     return writes
 

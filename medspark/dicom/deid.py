@@ -434,6 +434,13 @@ class Pseudonymizer:
         scope = (issuer or "").strip(" \x00")
         return self._mac("patient", scope, pid).hex()[:32]
 
+    def erasure_hash(self, scope: str, pseudonym: str) -> str:
+        """The keyed hash an erasure is recorded by (``restricted_erasures.subject_hash``):
+        of the patient key (``scope`` ``patient``) or the study's pseudonymous Study Instance
+        UID (``study``), in a domain of its own, so it equals neither the key nor any other
+        value medspark writes, and no one without the secret can link it to a patient."""
+        return "erased-" + self._mac("erasure", scope, pseudonym).hex()[:32]
+
     def date_shift_days(self, patient_key: str) -> int:
         """Per-patient date offset in ``[-max_date_shift_days, -1]``: into the past, never 0.
 

@@ -28,6 +28,8 @@ MISSING_SOP_INSTANCE_UID = "missing_sop_instance_uid"
 # Deduplication on SOP Instance UID (medspark.steps.resolve_duplicates).
 DUPLICATE_COPY = "duplicate_copy"
 DUPLICATE_SOP_INSTANCE = "duplicate_sop_instance"
+# An item of a patient or study erased by medspark forget (medspark.erasure).
+ERASED_SUBJECT = "erased_subject"
 # Preprocessing (medspark.preprocess.udf).
 SOURCE_CHANGED = "source_changed"
 UNDECODABLE_FILE = "undecodable_file"
@@ -67,6 +69,10 @@ INGEST_ERROR_CLASSES: dict[str, str] = {
     ),
     DUPLICATE_COPY: "same SOP Instance UID and same bytes as the kept instance, named",
     DUPLICATE_SOP_INSTANCE: "same SOP Instance UID, different content; the kept source is named",
+    ERASED_SUBJECT: (
+        "an item of a patient or study erased with medspark forget: not read further, and the "
+        "row names neither (its location is a keyed hash)"
+    ),
 }
 
 #: ``preprocess_errors.error_class`` -> when a frame (or a whole item) gets it. An item the

@@ -929,6 +929,47 @@ MODEL_ROC = StructType(
 )
 
 
+#: ``restricted_erasures``: one row per erasure (``medspark forget``): what was forgotten, by
+#: whom, why and how much, never the identifier itself (a keyed hash of it, which later runs
+#: compare with the items they read, so an erased subject is not ingested again).
+RESTRICTED_ERASURES = StructType(
+    [
+        _f("erasure_id", StringType(), False, "the erasure (its first run's id)"),
+        _f(
+            "subject_hash",
+            StringType(),
+            False,
+            "keyed hash (HMAC-SHA256, its own domain) of the patient key or study pseudonym; "
+            "neither the key nor the id",
+        ),
+        _f("scope", StringType(), False, "patient or study"),
+        _f("status", StringType(), False, "pending (started, not finished), done or revoked"),
+        _f("reason", StringType(), True, "--reason"),
+        _f("os_user", StringType(), True, "who ran it (the OS user)"),
+        _f("host", StringType(), True, "where it ran"),
+        _f("rows_removed", StringType(), True, "JSON: table -> rows deleted by its last run"),
+        _f("purged", BooleanType(), False, "the old files were vacuumed at once (--purge)"),
+        _f("started_at", TimestampType(), False, "when the erasure started (UTC)"),
+        _f("ended_at", TimestampType(), True, "when it finished or was revoked (UTC)"),
+    ]
+)
+
+#: ``restricted_access_log``: one row per read of restricted tables by a medspark command or
+#: function (re-identification, or paths of the source files).
+RESTRICTED_ACCESS_LOG = StructType(
+    [
+        _f("accessed_at", TimestampType(), False, "when (UTC)"),
+        _f("os_user", StringType(), True, "who (the OS user)"),
+        _f("host", StringType(), True, "where"),
+        _f("command", StringType(), False, "the medspark command, or python for library calls"),
+        _f("function", StringType(), False, "what read them (with_paths, preprocess, ...)"),
+        _f("tables", ArrayType(StringType(), containsNull=False), False, "restricted tables"),
+        _f("row_count", LongType(), True, "rows read; null: a lazy read, not counted"),
+        _f("purpose", StringType(), True, "--purpose, when given"),
+    ]
+)
+
+
 @dataclass(frozen=True)
 class Table:
     """One table of the warehouse, declared once: every writer, reader, the config's
@@ -939,7 +980,10 @@ class Table:
     identifying values or the key to them, lives under the restricted warehouse (mode 0700)
     and is never handed to analysts; its name starts with ``restricted_``. ``error_classes``:
     for an error table, its ``error_class`` values and when a row gets each. ``summary``: one
-    line for people.
+    line for people. ``subject``: the columns that say whose data a row is, by which
+    ``medspark forget`` deletes it: ``sop_instance_uid``, ``series_instance_uid``, the item's
+    location (``source_uri``, ``archive_member``) or, in ``restricted_phi_map``, the
+    ``pseudonym``; empty for tables that hold no one's data (run records, aggregates).
     """
 
     schema: StructType
@@ -947,33 +991,48 @@ class Table:
     summary: str
     restricted: bool = False
     error_classes: Mapping[str, str] = field(default_factory=dict)
+    subject: tuple[str, ...] = ()
 
 
 #: Every table medspark writes, by its config key under ``tables`` (also its default name).
 TABLES: dict[str, Table] = {
-    "scans": Table(SCANS, ("sop_instance_uid",), "one de-identified row per DICOM instance"),
+    "scans": Table(
+        SCANS,
+        ("sop_instance_uid",),
+        "one de-identified row per DICOM instance",
+        subject=("sop_instance_uid",),
+    ),
     "ingest_errors": Table(
         INGEST_ERRORS,
         ("source_uri", "archive_member"),
         "every input item that is not a scan, with its reason",
         error_classes=INGEST_ERROR_CLASSES,
+        subject=("source_uri", "archive_member"),
     ),
-    "images": Table(IMAGES, ("sop_instance_uid", "frame"), "one preprocessed frame per row"),
+    "images": Table(
+        IMAGES,
+        ("sop_instance_uid", "frame"),
+        "one preprocessed frame per row",
+        subject=("sop_instance_uid",),
+    ),
     "preprocess_errors": Table(
         PREPROCESS_ERRORS,
         ("sop_instance_uid", "frame"),
         "frames (or items) that could not be preprocessed",
         error_classes=PREPROCESS_ERROR_CLASSES,
+        subject=("sop_instance_uid",),
     ),
     "predictions": Table(
         PREDICTIONS,
         ("sop_instance_uid", "frame", "model", "model_version"),
         "the model's label, score and probabilities per frame",
+        subject=("sop_instance_uid",),
     ),
     "saliency": Table(
         SALIENCY,
         ("sop_instance_uid", "frame", "model", "model_version"),
         "Grad-CAM overlay and box per prediction (inference.saliency)",
+        subject=("sop_instance_uid",),
     ),
     "model_metrics": Table(
         MODEL_METRICS,
@@ -1000,6 +1059,7 @@ TABLES: dict[str, Table] = {
         ("kind", "original"),
         "original -> pseudonymous ids (deid.phi_map)",
         restricted=True,
+        subject=("pseudonym",),
     ),
     "job_runs": Table(JOB_RUNS, ("run_id",), "one row per medspark command run"),
     "stage_metrics": Table(
@@ -1020,45 +1080,70 @@ TABLES: dict[str, Table] = {
         ("sop_instance_uid",),
         "true acquisition times, pseudonymous ids",
         restricted=True,
+        subject=("sop_instance_uid",),
     ),
     "restricted_images": Table(
         RESTRICTED_IMAGES,
         ("sop_instance_uid", "frame"),
         "pixels withheld for burned-in text",
         restricted=True,
+        subject=("sop_instance_uid",),
     ),
     "restricted_locations": Table(
         RESTRICTED_LOCATIONS,
         ("source_uri", "archive_member"),
         "location key -> file path (deid.keep_paths)",
         restricted=True,
+        subject=("source_uri", "archive_member"),
     ),
     "waveforms": Table(
         WAVEFORMS,
         ("sop_instance_uid", "multiplex_group", "channel"),
         "samples per lead (de-identified)",
+        subject=("sop_instance_uid",),
     ),
     "ecg_metrics": Table(
         ECG_METRICS,
         ("sop_instance_uid", "lead"),
         "heart rate, RR, PR, QRS, QT/QTc per ECG and lead",
+        subject=("sop_instance_uid",),
     ),
     "waveform_errors": Table(
         WAVEFORM_ERRORS,
         ("sop_instance_uid",),
         "waveforms that could not be decoded",
         error_classes=WAVEFORM_ERROR_CLASSES,
+        subject=("sop_instance_uid",),
     ),
-    "series": Table(SERIES, ("series_instance_uid",), "one row per series: geometry and verdict"),
+    "series": Table(
+        SERIES,
+        ("series_instance_uid",),
+        "one row per series: geometry and verdict",
+        subject=("series_instance_uid",),
+    ),
     "series_segments": Table(
         SERIES_SEGMENTS,
         ("series_instance_uid", "model", "model_version", "label"),
         "3D segmentation per series and label (and its DICOM SEG file)",
+        subject=("series_instance_uid",),
     ),
     "series_errors": Table(
         SERIES_ERRORS,
         ("series_instance_uid", "model", "model_version"),
         "series that could not be assembled or segmented",
         error_classes=SERIES_ERROR_CLASSES,
+        subject=("series_instance_uid",),
+    ),
+    "restricted_erasures": Table(
+        RESTRICTED_ERASURES,
+        ("erasure_id", "subject_hash"),
+        "who was forgotten (a keyed hash), when, by whom, why (medspark forget)",
+        restricted=True,
+    ),
+    "restricted_access_log": Table(
+        RESTRICTED_ACCESS_LOG,
+        ("accessed_at", "os_user", "function"),
+        "every read of restricted tables: when, who, what, how many rows, why",
+        restricted=True,
     ),
 }

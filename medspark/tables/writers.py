@@ -41,6 +41,38 @@ TABLE_PROPERTIES = {
 }
 
 
+#: Column types whose minimum and maximum Delta may keep in its log (numbers, dates, times;
+#: Delta keeps none for booleans).
+_STATS_TYPES = ("tinyint", "smallint", "int", "bigint", "float", "double", "date")
+
+
+def _has_stats_type(f: Any) -> bool:
+    return f.dataType.simpleString() in _STATS_TYPES or f.dataType.typeName().startswith(
+        "timestamp"
+    )
+
+
+def table_properties(table: str) -> dict[str, str]:
+    """The Delta properties a table is created with: :data:`TABLE_PROPERTIES`, and column
+    statistics (``delta.dataSkippingStatsColumns``) only for columns of numbers, dates and
+    times. Delta keeps each data file's column minimum and maximum in the transaction log,
+    for as long as the log is kept (30 days by default), whatever later deletes and vacuums
+    do to the file: a string column's statistics would keep patient keys, original ids,
+    UIDs and file paths there, out of reach of ``medspark forget --purge``. Strings (and
+    binary, nested) columns get none; queries on them read more files. A restricted table
+    keeps statistics of its bookkeeping columns only (when a row was written): its true
+    dates (``restricted_acquisitions.acquired_at``) are identifying too."""
+    spec = TABLES[table]
+    kept = [
+        f.name
+        for f in spec.schema.fields
+        if (f.name in BOOKKEEPING_COLUMNS if spec.restricted else _has_stats_type(f))
+    ]
+    if not kept:
+        return {**TABLE_PROPERTIES, "delta.dataSkippingNumIndexedCols": "0"}
+    return {**TABLE_PROPERTIES, "delta.dataSkippingStatsColumns": ",".join(kept)}
+
+
 def ensure_restricted_root(config: PipelineConfig) -> Path:
     """Create the root of the ``restricted_*`` tables owner-only (mode 0700) if it is missing.
 
@@ -121,7 +153,7 @@ def _ensure_table_once(spark: Any, path: str, table: str) -> Any:
     _clear_stale_empty_log(path)
     schema = TABLES[table].schema
     builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
-    for key, value in TABLE_PROPERTIES.items():
+    for key, value in table_properties(table).items():
         builder = builder.property(key, value)
     builder.execute()
     return DeltaTable.forPath(spark, path)
@@ -349,6 +381,7 @@ def _delete_matching_once(
     ):
         return 0  # nothing to delete: no commit (a MERGE that deletes nothing still commits)
     result = target.alias("t").merge(source.alias("s"), condition).whenMatchedDelete().execute()
+    committed(table)
     return _merge_counts(result).get("numTargetRowsDeleted", 0)
 
 

@@ -293,7 +293,7 @@ def segment_series(scans: DataFrame, config: PipelineConfig, task: VolumeTask) -
         *seg_columns,
     )
     # Files are read at their paths (restricted_locations), as preprocess reads them.
-    candidates = with_paths(scans.sparkSession, config, candidates)
+    candidates = with_paths(scans.sparkSession, config, candidates, "volumes")
     return candidates.groupBy("series_instance_uid").applyInArrow(_group_function(task), VOLUME_OUT)
 
 

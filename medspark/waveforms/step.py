@@ -312,6 +312,10 @@ def run_waveforms(
     )
     try:
         n = instances.count()
+        if locations is not None:
+            from medspark.access import record_access
+
+            record_access(config, "waveforms", ["restricted_locations"], n)
         partitions = max(1, min(n, 2 * spark.sparkContext.defaultParallelism))
         settings = WaveformSettings(limits=limits(config.ingest))
         rows = analyse_waveforms(instances, settings, partitions).persist(
