@@ -287,9 +287,16 @@ def _delete_everywhere(
     if removed.get("restricted_acquisitions") and DeltaTable.isDeltaTable(
         spark, config.table_path("scanner_utilization")
     ):
-        from medspark.pipeline import _rebuild_utilization, new_run_id
+        from medspark.metrics.utilization import rebuild
+        from medspark.recording import new_run_id
 
-        _rebuild_utilization(spark, config, new_run_id())
+        rebuild(
+            spark,
+            config.table_path("restricted_acquisitions"),
+            config.table_path("scanner_utilization"),
+            new_run_id(),
+            config.metrics.study_span_cap_hours,
+        )
         affected["scanner_utilization"] = config.table_path("scanner_utilization")
     return removed, seg_files, affected
 
@@ -327,7 +334,7 @@ def forget(
     the module docstring. Raises :class:`MissingInput` for a patient (or study) that no
     table and no earlier erasure knows."""
     from medspark.access import record_access, who
-    from medspark.pipeline import new_run_id
+    from medspark.recording import new_run_id
 
     p = _pseudonymizer(config)
     scope, key, candidates = _subject(p, patient_id, patient_key, studies)

@@ -10,7 +10,6 @@ writes the tables, idempotently (MERGE on each table's key).
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -35,6 +34,7 @@ from medspark.recording import (
     InferResult,
     IngestResult,
     PreprocessResult,
+    new_run_id,
     record_infer,
     record_ingest,
     record_preprocess,
@@ -98,11 +98,6 @@ __all__ = [
     "write_metric_rows",
     "write_worker_metrics",
 ]
-
-
-def new_run_id() -> str:
-    """A sortable, unique run id: UTC time plus random suffix."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
 def with_paths(

@@ -13,6 +13,14 @@ from pyspark.sql import functions as F
 from medspark.config import PipelineConfig
 
 
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC time plus random suffix."""
+    import uuid
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
 def error_lines(errors_by_class: dict[str, int], cleared: int = 0, now: str = "") -> list[str]:
     """The errors part of a step's summary: the total, one line per class, and how many error
     rows of earlier runs were removed because their item (``now`` says what it is) is fine."""

@@ -515,16 +515,18 @@ def clean_env(monkeypatch, tmp_path):
     return tmp_path
 
 
-def test_secret_file_generated_once_with_owner_only_mode(clean_env, capsys):
+def test_secret_file_generated_once_with_owner_only_mode(clean_env, caplog):
+    caplog.set_level("WARNING", logger="medspark")
     first = resolve_secret(DeidConfig())
     path = clean_env / "xdg" / "medspark" / "deid_secret"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert re.fullmatch(rb"[0-9a-f]{64}", first)
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and str(path) in err and "back" in err
+    (said,) = [r.getMessage() for r in caplog.records]  # one warning, naming the file
+    assert str(path) in said and "back" in said
+    caplog.clear()
     assert resolve_secret(DeidConfig()) == first  # reused
-    assert capsys.readouterr().err == ""
+    assert caplog.records == []
 
 
 def test_env_var_wins(clean_env, monkeypatch):
