@@ -1,9 +1,11 @@
 """How medspark's library code talks to a person: through :mod:`logging`, never ``print``.
 
 Every module logs under the ``medspark`` logger (``logging.getLogger(__name__)``). A library
-user who configures nothing sees warnings as Python shows them (its last-resort handler);
-the commands (the CLI, and ``jobs/``, which call it) call :func:`configure`, which shows
-info lines (a run's summary) on stdout as they are and warnings on stderr as one
+user (a notebook, a script) who configures no logging sees each warning as one ``medspark:``
+line on stderr (:class:`_Unconfigured`, the role of Python's last-resort handler, with the
+prefix); one who configures logging gets the records through the root logger as any
+library's. The commands (the CLI, and ``jobs/``, which call it) call :func:`configure`, which
+shows info lines (a run's summary) on stdout as they are and warnings on stderr as one
 ``medspark:`` line each.
 """
 
@@ -35,6 +37,31 @@ class _Console(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+class _Unconfigured(logging.Handler):
+    """Warnings as one ``medspark:`` line on stderr while the application has configured no
+    logging (the root logger has no handler); silent once it has, as its handlers then get
+    the records (propagation), so nothing is shown twice."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.setFormatter(logging.Formatter("medspark: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if logging.getLogger().handlers:
+            return
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)
+
+
+def install_default() -> None:
+    """Attach :class:`_Unconfigured` to the ``medspark`` logger (once; done on import)."""
+    logger = logging.getLogger(ROOT)
+    if not any(isinstance(h, (_Unconfigured, _Console)) for h in logger.handlers):
+        logger.addHandler(_Unconfigured())
+
+
 def _below_warning(record: logging.LogRecord) -> bool:
     return record.levelno < logging.WARNING
 
@@ -44,7 +71,7 @@ def configure(quiet: bool = False) -> None:
     prefixed ``medspark:``; with ``quiet``, warnings and errors only. Calling it again
     replaces the handlers it set (one line per message, however often a process calls it)."""
     logger = logging.getLogger(ROOT)
-    for handler in [h for h in logger.handlers if isinstance(h, _Console)]:
+    for handler in [h for h in logger.handlers if isinstance(h, (_Console, _Unconfigured))]:
         logger.removeHandler(handler)
     out = _Console("stdout", logging.INFO, "%(message)s")
     out.addFilter(_below_warning)

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import medspark
-from medspark.logs import configure
+from medspark.logs import configure, install_default
 
 #: Modules that are commands (their output is what they print), not library code.
 COMMANDS = {"cli.py", "demo.py", "tables/docs.py", "dicom/deid_table.py", "volumes/train.py"}
@@ -34,6 +34,20 @@ def test_info_goes_to_stdout_and_warnings_to_stderr_as_one_medspark_line(capsys)
             root.removeHandler(handler)
         root.setLevel(logging.NOTSET)
         root.propagate = True
+        install_default()
+
+
+def test_without_logging_configured_a_warning_is_one_medspark_line():
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, medspark\n"
+        "logging.getLogger('medspark.session').warning('fetching jars')\n"
+        "logging.getLogger('medspark.session').info('not shown')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (proc.stdout, proc.stderr) == ("", "medspark: fetching jars\n")
 
 
 def test_library_code_does_not_print():
