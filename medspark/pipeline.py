@@ -1,10 +1,11 @@
 """The medspark jobs: each reads its input, composes the steps (:mod:`medspark.steps`) and
 writes the tables, idempotently (MERGE on each table's key).
 
-``ingest``, ``preprocess`` and ``infer`` run one step each, reading the previous step's table;
-``run_all`` (``medspark run``) does all three in one executor pass per item
-(:mod:`medspark.onepass`). What each returns, and the run's recording, are in
-:mod:`medspark.recording`; the steps are re-exported here for callers of earlier releases.
+``ingest`` and ``run_all`` (``medspark run``) are one executor pass per item
+(:mod:`medspark.onepass`), with decoding off and on, written by one commit
+(:func:`_commit_pass`); ``preprocess`` and ``infer`` run one step each, reading the previous
+step's table. What each returns, and the run's recording, are in :mod:`medspark.recording`;
+the steps are re-exported here for callers of earlier releases.
 """
 
 from __future__ import annotations

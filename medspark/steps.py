@@ -1,13 +1,10 @@
 """The medspark flow's steps: DataFrame in, DataFrame out, no table written.
 
-Ingestion::
-
-    read_instances ─► split_instances ─┬─► deidentify_scans ─► resolve_duplicates ─► scans
-                                       └──────────────────────────────┴──────────► ingest_errors
-
-Every input item ends in exactly one of ``scans`` or ``ingest_errors``: the data source emits
-one row per item, :func:`split_instances` partitions those rows on ``error_class``, and
-:func:`resolve_duplicates` moves any row it does not keep to the errors with its reason.
+Ingestion is the pass of :mod:`medspark.onepass` (read, hash, parse, de-identify each item
+once, on the executor that reads it), for ``ingest`` with decoding off and for ``run`` with
+everything on; its candidates then go through :func:`resolve_duplicates`, which keeps one item
+per SOP Instance UID and moves the others to ``ingest_errors`` with their reason, so every
+input item ends in exactly one of ``scans`` or ``ingest_errors``.
 Preprocessing: :func:`pixel_instances` ─► :func:`frame_ranges` ─► :func:`preprocess_frames`
 ─► :func:`split_frames`; inference: :func:`predict_frames`. The jobs that read and write the
 tables are in :mod:`medspark.pipeline`; what a run did, and its recording, in
