@@ -883,6 +883,39 @@ def _write(
     return merge_into(spark, df, config.table_path(name), name, fresh=name in rows.fresh, **merge)
 
 
+def _write_acquisitions(
+    spark: Any, config: PipelineConfig, acquired: DataFrame, run_id: str, first: bool
+) -> None:
+    """``restricted_acquisitions``, then ``scanner_utilization`` rebuilt from all of it: it
+    covers every acquisition ever ingested; a run that added none (a re-run) leaves it as it
+    is, and a first load builds it from its own rows (:func:`_utilization_from`)."""
+    added = merge_into(
+        spark,
+        acquired,
+        config.table_path("restricted_acquisitions"),
+        "restricted_acquisitions",
+        fresh=first,
+    )
+    if not first and not wrote_nothing(added):
+        _rebuild_utilization(spark, config, run_id)
+
+
+def _utilization_from(
+    spark: Any, config: PipelineConfig, acquired: DataFrame, run_id: str, fresh: bool
+) -> None:
+    """A first load: this run's acquisitions are all there are, so ``scanner_utilization``
+    is built from them at once, beside their write, instead of read back after it."""
+    from medspark.metrics.utilization import scanner_utilization
+
+    replace_table(
+        spark,
+        scanner_utilization(acquired, run_id, config.metrics.study_span_cap_hours),
+        config.table_path("scanner_utilization"),
+        "scanner_utilization",
+        fresh=fresh,
+    )
+
+
 def _scan_writes(
     spark: Any, config: PipelineConfig, rows: _PassRows, settings: Any, run_id: str
 ) -> dict[str, Any]:
@@ -917,32 +950,6 @@ def _scan_writes(
             refresh_series(spark, config, rows.kept, run_id, not wrote_nothing(counts))
         return counts
 
-    def acquisitions() -> None:
-        added = merge_into(
-            spark,
-            acquired,
-            config.table_path("restricted_acquisitions"),
-            "restricted_acquisitions",
-            fresh=first_acquisitions,
-        )
-        # Utilisation covers every acquisition ever ingested; a run that added none (a
-        # re-run) leaves it as it is.
-        if not first_acquisitions and not wrote_nothing(added):
-            _rebuild_utilization(spark, config, run_id)
-
-    def utilization_from_this_run() -> None:
-        # A first load: this run's acquisitions are all there are, so utilisation is built
-        # from them at once, beside their write, instead of read back after it.
-        from medspark.metrics.utilization import scanner_utilization
-
-        replace_table(
-            spark,
-            scanner_utilization(acquired, run_id, config.metrics.study_span_cap_hours),
-            config.table_path("scanner_utilization"),
-            "scanner_utilization",
-            fresh="scanner_utilization" in rows.fresh,
-        )
-
     writes: dict[str, Any] = {
         "scans": scans,
         "ingest_errors": lambda: _write(
@@ -953,10 +960,14 @@ def _scan_writes(
             "ingest_errors",
             rows.known(rows.n(INGEST_ERROR)),
         ),
-        "restricted_acquisitions": acquisitions,
+        "restricted_acquisitions": lambda: _write_acquisitions(
+            spark, config, acquired, run_id, first=first_acquisitions
+        ),
     }
     if first_acquisitions:
-        writes["scanner_utilization"] = utilization_from_this_run
+        writes["scanner_utilization"] = lambda: _utilization_from(
+            spark, config, acquired, run_id, fresh="scanner_utilization" in rows.fresh
+        )
     if first_scans:  # this run's instances are all there are: series from them, beside scans
         writes["series"] = lambda: refresh_series(spark, config, rows.kept, run_id, only_these=True)
     if settings.phi_map:
