@@ -284,21 +284,27 @@ def _delete_everywhere(
     counts = concurrently(*[lambda n=n: delete(n) for n in first])
     counts += concurrently(*[lambda n=n: delete(n) for n in last])
     removed = dict(zip(first + last, counts, strict=True))
-    if removed.get("restricted_acquisitions") and DeltaTable.isDeltaTable(
-        spark, config.table_path("scanner_utilization")
-    ):
-        from medspark.metrics.utilization import rebuild
-        from medspark.recording import new_run_id
-
-        rebuild(
-            spark,
-            config.table_path("restricted_acquisitions"),
-            config.table_path("scanner_utilization"),
-            new_run_id(),
-            config.metrics.study_span_cap_hours,
-        )
-        affected["scanner_utilization"] = config.table_path("scanner_utilization")
     return removed, seg_files, affected
+
+
+def _rebuild_utilization(spark: Any, config: Any, affected: dict[str, str]) -> None:
+    """``scanner_utilization`` rebuilt from what ``restricted_acquisitions`` holds now."""
+    from delta.tables import DeltaTable
+
+    from medspark.metrics.utilization import rebuild
+    from medspark.recording import new_run_id
+
+    path = config.table_path("scanner_utilization")
+    if "restricted_acquisitions" not in affected or not DeltaTable.isDeltaTable(spark, path):
+        return
+    rebuild(
+        spark,
+        affected["restricted_acquisitions"],
+        path,
+        new_run_id(),
+        config.metrics.study_span_cap_hours,
+    )
+    affected["scanner_utilization"] = path
 
 
 def _left(affected: dict[str, str], purged: bool) -> list[str]:
@@ -368,6 +374,9 @@ def forget(
         removed, seg_files, affected = _delete_everywhere(spark, config, found, key, scope)
     finally:
         found.unpersist()
+    # Rows went, or an earlier run was killed after it deleted them but before this.
+    if removed.get("restricted_acquisitions") or any(r["status"] == PENDING for r in known):
+        _rebuild_utilization(spark, config, affected)
     if purge:
         _vacuum(spark, list(affected.values()))
     done = {
