@@ -29,11 +29,15 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import reduce
 from pathlib import Path
 from typing import Any
+
+from pyspark.sql import DataFrame
 
 from medspark.errors import ConfigError, MissingInput
 
@@ -137,12 +141,7 @@ def _found(spark: Any, config: Any, key: str, studies: list[str]) -> Any:
             parts.append(df.select(*ids, *location))
         else:
             parts.append(df.select(*ids, *[F.lit(None).cast("string").alias(c) for c in location]))
-    if not parts:
-        return None
-    out = parts[0]
-    for part in parts[1:]:
-        out = out.unionByName(part)
-    return out
+    return reduce(DataFrame.unionByName, parts) if parts else None
 
 
 def _keys(spark: Any, found: Any, subject: tuple[str, ...], key: str, scope: str) -> Any:
@@ -150,11 +149,13 @@ def _keys(spark: Any, found: Any, subject: tuple[str, ...], key: str, scope: str
     from pyspark.sql import functions as F
 
     if subject == ("pseudonym",):  # restricted_phi_map: the key and the three UIDs
-        uids = [
-            found.select(F.col(c).alias("pseudonym"))
-            for c in ("sop_instance_uid", "series_instance_uid", "study_instance_uid")
-        ]
-        out = uids[0].unionByName(uids[1]).unionByName(uids[2])
+        out = reduce(
+            DataFrame.unionByName,
+            [
+                found.select(F.col(c).alias("pseudonym"))
+                for c in ("sop_instance_uid", "series_instance_uid", "study_instance_uid")
+            ],
+        )
         if scope == "patient":
             out = out.unionByName(spark.createDataFrame([(key,)], "pseudonym string"))
         return out.where(F.col("pseudonym").isNotNull()).distinct()
@@ -162,14 +163,19 @@ def _keys(spark: Any, found: Any, subject: tuple[str, ...], key: str, scope: str
 
 
 def _record(config: Any, rows: list[dict[str, Any]]) -> None:
-    from medspark.tables.small import append_rows, upsert_row
+    """Write (or replace, by key) these ``restricted_erasures`` rows in one commit; the first
+    erasure creates the table with them."""
+    from deltalake import DeltaTable
+
+    from medspark.tables.small import append_rows, upsert_rows
     from medspark.tables.writers import ensure_restricted_root
 
     ensure_restricted_root(config)
     path = config.table_path("restricted_erasures")
-    append_rows(path, "restricted_erasures", [])  # the table, for the first erasure
-    for row in rows:
-        upsert_row(path, "restricted_erasures", row)
+    if DeltaTable.is_deltatable(path):
+        upsert_rows(path, "restricted_erasures", rows)
+    else:
+        append_rows(path, "restricted_erasures", rows)
 
 
 def _remove_segs(config: Any, series: list[str]) -> int:
@@ -186,43 +192,40 @@ def _remove_segs(config: Any, series: list[str]) -> int:
     return removed
 
 
+@contextmanager
+def _spark_conf(spark: Any, key: str, value: str, default: str) -> Iterator[None]:
+    """The session's ``key`` set to ``value`` for the block, then as it was."""
+    before = spark.conf.get(key, default)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        spark.conf.set(key, before)
+
+
 def _vacuum(spark: Any, paths: list[str]) -> None:
     """VACUUM with zero retention: the files the deletes replaced go now, not in 7 days.
 
     ``LITE``: the files to remove are read from the transaction log (the ones its removes
     name), not found by listing the table's folder in a Spark job of
     ``spark.sql.sources.parallelPartitionDiscovery.parallelism`` tasks (10,000 by default):
-    a full VACUUM took 258 s for the ten tables of a two-patient warehouse, measured."""
-    key = "spark.databricks.delta.retentionDurationCheck.enabled"
-    before = spark.conf.get(key, "true")
-    spark.conf.set(key, "false")
-
-    def vacuum(path: str) -> None:
-        quoted = path.replace("`", "``")
-        try:
-            spark.sql(f"VACUUM delta.`{quoted}` LITE RETAIN 0 HOURS").collect()
-        except Exception as exc:  # noqa: BLE001 - a log cleaned since: list the folder
-            if "FULL" not in str(exc):
-                raise
-            _vacuum_full(spark, quoted)
-
-    try:
-        for path in paths:  # one after another: at once, they took longer (27 s against 24 s)
-            vacuum(path)
-    finally:
-        spark.conf.set(key, before)
-
-
-def _vacuum_full(spark: Any, quoted: str) -> None:
-    """A full VACUUM (the folder listed), in as many tasks as Spark has cores, not 10,000:
-    for a table whose log no longer names every file to remove (LITE refuses it)."""
-    key = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
-    before = spark.conf.get(key, "10000")
-    spark.conf.set(key, str(max(1, spark.sparkContext.defaultParallelism)))
-    try:
-        spark.sql(f"VACUUM delta.`{quoted}` FULL RETAIN 0 HOURS").collect()
-    finally:
-        spark.conf.set(key, before)
+    a full VACUUM took 258 s for the ten tables of a two-patient warehouse, measured. A table
+    whose log no longer names every file to remove (LITE refuses it) gets a full VACUUM in as
+    many tasks as Spark has cores. One table after another: at once, they took longer (27 s
+    against 24 s)."""
+    check = "spark.databricks.delta.retentionDurationCheck.enabled"
+    listing = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
+    cores = str(max(1, spark.sparkContext.defaultParallelism))
+    with _spark_conf(spark, check, "false", "true"):
+        for path in paths:
+            quoted = path.replace("`", "``")
+            try:
+                spark.sql(f"VACUUM delta.`{quoted}` LITE RETAIN 0 HOURS").collect()
+            except Exception as exc:  # noqa: BLE001 - a log cleaned since: list the folder
+                if "FULL" not in str(exc):
+                    raise
+                with _spark_conf(spark, listing, cores, "10000"):
+                    spark.sql(f"VACUUM delta.`{quoted}` FULL RETAIN 0 HOURS").collect()
 
 
 def _old_statistics(paths: dict[str, str]) -> list[str]:

@@ -61,7 +61,13 @@ def ensure_schema(path: str, table: str) -> bool:
 
 
 def upsert_row(path: str, table: str, row: dict[str, Any], attempts: int = 6) -> None:
-    """Insert ``row``, or replace the row with its key (the table's declared key columns).
+    """Insert ``row``, or replace the row with its key (:func:`upsert_rows` of one row)."""
+    upsert_rows(path, table, [row], attempts)
+
+
+def upsert_rows(path: str, table: str, rows: Sequence[dict[str, Any]], attempts: int = 6) -> None:
+    """Insert ``rows``, or replace the rows with their keys (the table's declared key
+    columns), in one commit.
 
     A MERGE that loses a commit race with another run's write is retried (bounded, with
     backoff): runs have distinct keys, so the retry never undoes anyone's row.
@@ -77,7 +83,7 @@ def upsert_row(path: str, table: str, row: dict[str, Any], attempts: int = 6) ->
         try:
             (
                 DeltaTable(path)
-                .merge(_as_arrow(table, [row]), predicate, source_alias="s", target_alias="t")
+                .merge(_as_arrow(table, rows), predicate, source_alias="s", target_alias="t")
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
                 .execute()
