@@ -73,3 +73,40 @@ def read_items(
         for member in sorted(remaining, key=str):
             where = uri if member is None else f"{uri}!{member}"
             yield (uri, member), FileNotFoundError(f"{where}: not found on re-read")
+
+
+def read_verified(
+    requests: Iterable[tuple[str, str | None, str | None]], limits: Limits | None = None
+) -> Iterator[tuple[tuple[str, str | None], bytes | ItemReadError]]:
+    """:func:`read_items` for ``(source_uri, archive_member, sha256)`` requests, each item's
+    bytes checked against the SHA-256 that ingest recorded (``scans.sha256``; None: not
+    checked). A refused, vanished or changed item comes back as an :class:`ItemReadError`
+    with its class (``unreadable``, ``source_changed``, or the reader's) and a message naming
+    its location: a file replaced since ingest is never taken for the scan it was."""
+    import hashlib
+
+    from medspark.tables.error_classes import SOURCE_CHANGED, UNREADABLE
+
+    expected: dict[tuple[str, str | None], str | None] = {}
+    for uri, member, sha in requests:
+        expected[(uri, member)] = sha
+    for (uri, member), content in read_items(expected, limits):
+        where = uri if member is None else f"{uri}!{member}"
+        if isinstance(content, ItemReadError):
+            yield (uri, member), ItemReadError(content.error_class, f"{where}: {content}")
+        elif isinstance(content, Exception):
+            yield (uri, member), ItemReadError(UNREADABLE, f"{where}: {content}")
+        else:
+            sha = expected[(uri, member)]
+            digest = hashlib.sha256(content).hexdigest()
+            if sha is not None and digest != sha:
+                yield (
+                    (uri, member),
+                    ItemReadError(
+                        SOURCE_CHANGED,
+                        f"{where}: changed since ingest (SHA-256 {digest} now, {sha} when "
+                        "ingested); ingest it again",
+                    ),
+                )
+            else:
+                yield (uri, member), content

@@ -1,5 +1,5 @@
-"""Error classes: the values of ``error_class`` in the four error tables (``ingest_errors``,
-``preprocess_errors``, ``waveform_errors``, ``series_errors``).
+"""Error classes: the values of ``error_class`` in the five error tables (``ingest_errors``,
+``preprocess_errors``, ``waveform_errors``, ``series_errors``, ``export_errors``).
 
 Declared once, here, beside the schemas: the code that writes an error row takes its class from
 this module, the table registry (:data:`medspark.tables.schemas.TABLES`) names each error
@@ -48,6 +48,8 @@ SERIES_TOO_LARGE = "series_too_large"
 NOT_MONOCHROME = "not_monochrome"
 SEGMENTATION_FAILED = "segmentation_failed"
 SEG_FAILED = "seg_failed"
+# De-identified DICOM files (medspark.dicom.instance, medspark.export).
+BURNED_IN_WITHHELD = "burned_in_withheld"
 
 #: ``ingest_errors.error_class`` -> when an item gets it.
 INGEST_ERROR_CLASSES: dict[str, str] = {
@@ -109,4 +111,16 @@ SERIES_ERROR_CLASSES: dict[str, str] = {
     UNDECODABLE_FRAME: "a frame failed to decode",
     SEGMENTATION_FAILED: "the model raised on the volume",
     SEG_FAILED: "the DICOM SEG file could not be written",
+}
+
+#: ``export_errors.error_class`` -> when an instance is not exported (or the reader's class of
+#: an item it could not read again: ``too_large``, ``decompression_bomb``, ...).
+EXPORT_ERROR_CLASSES: dict[str, str] = {
+    UNREADABLE: "the item could not be read again (vanished, permissions)",
+    SOURCE_CHANGED: "the item's SHA-256 differs from the one ingest recorded: ingest it again",
+    BURNED_IN_WITHHELD: (
+        "flagged for burned-in text with no Sequence of Ultrasound Regions (0018,6011) to keep "
+        "(deid.burned_in: clean): no file is written"
+    ),
+    UNDECODABLE_FILE: "the pixels must be cleaned and cannot be decoded, or pydicom cannot read it",
 }
