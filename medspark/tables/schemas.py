@@ -31,6 +31,7 @@ from pyspark.sql.types import (
 )
 
 from medspark.tables.error_classes import (
+    EXPORT_ERROR_CLASSES,
     INGEST_ERROR_CLASSES,
     PREPROCESS_ERROR_CLASSES,
     SERIES_ERROR_CLASSES,
@@ -148,6 +149,23 @@ SCANS = StructType(
     + SOURCE_FIELDS
     + _RUN_FIELDS
     + [_f("ingested_at", TimestampType(), False, "when this row was written (UTC)")]
+)
+
+#: ``export_errors``: one row per instance ``medspark export`` could not write, key the
+#: instance. Cleared when a later export writes it.
+EXPORT_ERRORS = StructType(
+    [
+        _f("sop_instance_uid", StringType(), False, "the instance (scans.sop_instance_uid)"),
+        _f("series_instance_uid", StringType(), True, "its series (scans.series_instance_uid)"),
+        _f("study_instance_uid", StringType(), True, "its study (scans.study_instance_uid)"),
+    ]
+    + SOURCE_FIELDS[:2]
+    + [
+        _f("error_class", StringType(), False, "burned_in_withheld, source_changed, ..."),
+        _f("message", StringType(), False, "the reason, naming the instance and location key"),
+    ]
+    + _RUN_FIELDS
+    + [_f("recorded_at", TimestampType(), False, "when this row was written (UTC)")]
 )
 
 #: ``ingest_errors``: one row per input that could not become a scan, key source + member.
@@ -1133,6 +1151,13 @@ TABLES: dict[str, Table] = {
         "series that could not be assembled or segmented",
         error_classes=SERIES_ERROR_CLASSES,
         subject=("series_instance_uid",),
+    ),
+    "export_errors": Table(
+        EXPORT_ERRORS,
+        ("sop_instance_uid",),
+        "instances medspark export could not write (withheld, changed source)",
+        error_classes=EXPORT_ERROR_CLASSES,
+        subject=("sop_instance_uid",),
     ),
     "restricted_erasures": Table(
         RESTRICTED_ERASURES,

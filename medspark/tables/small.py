@@ -79,6 +79,7 @@ def upsert_rows(path: str, table: str, rows: Sequence[dict[str, Any]], attempts:
 
     keys = TABLES[table].key
     predicate = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+    create_if_missing(path, table)
     for attempt in range(attempts):
         try:
             (
@@ -93,6 +94,90 @@ def upsert_rows(path: str, table: str, rows: Sequence[dict[str, Any]], attempts:
             if attempt == attempts - 1:
                 raise
             time.sleep(0.05 * 2**attempt)
+
+
+def create_if_missing(path: str, table: str) -> None:
+    """Create the table, empty, with its declared schema and properties
+    (:func:`medspark.tables.writers.table_properties`: no statistics of string columns)."""
+    from deltalake import DeltaTable, write_deltalake
+
+    from medspark.tables.writers import table_properties
+
+    if DeltaTable.is_deltatable(path):
+        return
+    try:
+        write_deltalake(
+            path, _as_arrow(table, []), mode="append", configuration=table_properties(table)
+        )
+    except Exception:  # noqa: BLE001 - a concurrent writer created it first
+        if not DeltaTable.is_deltatable(path):
+            raise
+
+
+def delete_keys(path: str, table: str, keys: Sequence[dict[str, Any]], attempts: int = 6) -> int:
+    """Delete the rows with these keys (dicts of the table's key columns); how many went.
+
+    A MERGE with the keys as its source: the commit records the join condition only, never a
+    key's value (a delete predicate would keep the values in the log).
+    """
+    import time
+
+    import pyarrow as pa
+    from deltalake import DeltaTable
+    from deltalake.exceptions import CommitFailedError
+
+    names = TABLES[table].key
+    if not keys:
+        return 0
+    schema = arrow_schema(table)
+    source = pa.Table.from_pylist(
+        [{k: row[k] for k in names} for row in keys],
+        schema=pa.schema([schema.field(k) for k in names]),
+    )
+    predicate = " AND ".join(f"t.{k} = s.{k}" for k in names)
+    for attempt in range(attempts):
+        try:
+            metrics = (
+                DeltaTable(path)
+                .merge(source, predicate, source_alias="s", target_alias="t")
+                .when_matched_delete()
+                .execute()
+            )
+            return int(metrics.get("num_target_rows_deleted", 0))
+        except CommitFailedError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
+    return 0
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def read_rows(
+    path: str, columns: Sequence[str], where_in: dict[str, Sequence[str]] | None = None
+) -> Any:
+    """The ``columns`` of the Delta table at ``path`` as a pyarrow Table, only the rows whose
+    column is one of the given values (``where_in``: ORed; None or empty: every row).
+
+    Read by delta-rs's own query engine (DataFusion, in Rust). Not through
+    ``DeltaTable.to_pyarrow_dataset``: that dataset's Python file system can still be read
+    by Arrow's threads while the interpreter exits, which aborts the process ("terminate
+    called without an active exception"; seen on every ``medspark export``).
+    """
+    import pyarrow as pa
+    from deltalake import DeltaTable, QueryBuilder
+
+    names = ", ".join(f'"{c}"' for c in columns)
+    conditions = [
+        f'"{column}" IN ({", ".join(_literal(v) for v in values)})'
+        for column, values in (where_in or {}).items()
+        if values
+    ]
+    where = f" WHERE {' OR '.join(conditions)}" if conditions else ""
+    reader = QueryBuilder().register("t", DeltaTable(path)).execute(f"SELECT {names} FROM t{where}")
+    return pa.RecordBatchReader.from_stream(reader).read_all()
 
 
 def append_rows(path: str, table: str, rows: Sequence[dict[str, Any]]) -> None:
