@@ -33,7 +33,9 @@ def _spark_conf_pair(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
-def _common(parser: argparse.ArgumentParser, *, warehouse_required: bool = True) -> None:
+def _common(
+    parser: argparse.ArgumentParser, *, warehouse_required: bool = True, spark: bool = True
+) -> None:
     parser.add_argument(
         "--warehouse",
         required=warehouse_required,
@@ -44,15 +46,16 @@ def _common(parser: argparse.ArgumentParser, *, warehouse_required: bool = True)
         help="directory of the restricted_* tables (default: <warehouse>_restricted, mode 0700)",
     )
     parser.add_argument("--conf", help="pipeline YAML (default: conf/pipeline.yaml if present)")
-    parser.add_argument("--master", help="Spark master URL (default from config: local[2])")
-    parser.add_argument(
-        "--spark-conf",
-        action="append",
-        type=_spark_conf_pair,
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra Spark property; repeatable",
-    )
+    if spark:
+        parser.add_argument("--master", help="Spark master URL (default from config: local[2])")
+        parser.add_argument(
+            "--spark-conf",
+            action="append",
+            type=_spark_conf_pair,
+            default=[],
+            metavar="KEY=VALUE",
+            help="extra Spark property; repeatable",
+        )
     parser.add_argument(
         "--verbose", action="store_true", help="print the full trace of a failure, not one line"
     )
@@ -64,6 +67,21 @@ def _common(parser: argparse.ArgumentParser, *, warehouse_required: bool = True)
         "--quiet",
         action="store_true",
         help="no progress line and no info lines (summaries and warnings are still printed)",
+    )
+
+
+def _selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--study",
+        action="append",
+        default=[],
+        help="only this study (pseudonymous Study Instance UID, as in scans); repeatable",
+    )
+    parser.add_argument(
+        "--series",
+        action="append",
+        default=[],
+        help="only this series (pseudonymous Series Instance UID); repeatable",
     )
 
 
@@ -143,6 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(fg)
 
+    ex = sub.add_parser(
+        "export", help="write scans as de-identified DICOM files (and their SEG files); no Spark"
+    )
+    ex.add_argument("--out", required=True, help="directory for <study>/<series>/<sop>.dcm")
+    _selection(ex)
+    _common(ex, spark=False)
+
+    sv = sub.add_parser("serve", help="a read-only DICOMweb view of the warehouse; no Spark")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8042, help="port (default 8042)")
+    sv.add_argument(
+        "--token",
+        help="bearer token every request must carry (required off loopback); "
+        "default: $MEDSPARK_SERVE_TOKEN",
+    )
+    _common(sv, spark=False)
+
     tr = sub.add_parser("train-demo", help="retrain the bundled demonstration model (synthetic)")
     tr.add_argument("--out", required=True, help="directory for model.pt and model_card.json")
     tr.add_argument("--epochs", type=int, default=12)
@@ -193,6 +228,15 @@ def check_invocation(args: argparse.Namespace, config: Any) -> None:
         raise ConfigError("--master", master, _MASTER_ALLOWED)
     if master is None and not _MASTER.fullmatch(config.spark.master):
         raise ConfigError("spark.master", config.spark.master, _MASTER_ALLOWED)
+    check_warehouses(config)
+    for source in getattr(args, "sources", None) or []:
+        if "://" not in source and not os.path.lexists(source):
+            raise ConfigError("sources", source, "an existing file or directory (not found)")
+    check_master_reachable(master or config.spark.master)
+
+
+def check_warehouses(config: Any) -> None:
+    """The warehouse and restricted warehouse are directories (or missing), and apart."""
     for key, path in (
         ("--warehouse", config.warehouse),
         ("--restricted-warehouse", config.restricted_warehouse),
@@ -200,10 +244,6 @@ def check_invocation(args: argparse.Namespace, config: Any) -> None:
         if path and Path(path).exists() and not Path(path).is_dir():
             raise ConfigError(key, path, "a directory (this path is a file)")
     check_warehouses_apart(config)
-    for source in getattr(args, "sources", None) or []:
-        if "://" not in source and not os.path.lexists(source):
-            raise ConfigError("sources", source, "an existing file or directory (not found)")
-    check_master_reachable(master or config.spark.master)
 
 
 def _restricted_root_at(path: Path, by_tables: bool = True) -> bool:
@@ -578,6 +618,36 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from medspark.export import export
+
+    config = _load(args, str(Path(args.warehouse).absolute()))
+    check_warehouses(config)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("--out", args.out, "a directory (this path is a file)")
+    for key, values in (("--study", args.study), ("--series", args.series)):
+        for value in values:
+            if len(value) > 64 or not re.fullmatch(r"[0-9]+(\.[0-9]+)*", value):
+                raise ConfigError(key, value, "a UID: digits and dots, at most 64 characters")
+    result = export(config, out, studies=args.study, series=args.series)
+    print(result.summary())
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from medspark.serve import check_binding, serve
+
+    config = _load(args, str(Path(args.warehouse).absolute()))
+    check_warehouses(config)
+    if not 0 < args.port < 65536:
+        raise ConfigError("--port", args.port, "a port number from 1 to 65535")
+    token = args.token or os.environ.get("MEDSPARK_SERVE_TOKEN") or None
+    check_binding(args.host, token)
+    serve(config, host=args.host, port=args.port, token=token)
+    return 0
+
+
 def cmd_train_demo(args: argparse.Namespace) -> int:
     import json
 
@@ -625,6 +695,8 @@ COMMANDS = {
     "run": cmd_run,
     "evaluate": cmd_evaluate,
     "forget": cmd_forget,
+    "export": cmd_export,
+    "serve": cmd_serve,
     "train-demo": cmd_train_demo,
     "demo": cmd_demo,
 }
