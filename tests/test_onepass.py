@@ -146,26 +146,36 @@ def _table(spark, config, table):
     return spark.read.format("delta").load(config.table_path(table))
 
 
+@pytest.fixture(scope="module")
+def steps(spark, inputs, tmp_path_factory):
+    """The inputs through ``ingest``, ``preprocess`` and ``infer``, once for both passes."""
+    from medspark.pipeline import infer, ingest, preprocess
+
+    deid = DeidConfig(phi_map=True)
+    warehouse = tmp_path_factory.mktemp("onepass_steps")
+    config = with_overrides(PipelineConfig(), warehouse=str(warehouse), deid=deid)
+    ingest(spark, inputs, config)
+    preprocess(spark, config)
+    infer(spark, config)
+    return config
+
+
 @pytest.mark.spark
 @pytest.mark.parametrize("where", ["executors", "driver"])
-def test_run_equals_ingest_preprocess_infer(spark, inputs, tmp_path, where):
+def test_run_equals_ingest_preprocess_infer(spark, inputs, steps, tmp_path, where):
     """The pass on the executors, or in the driver (a small local input): same tables."""
     import dataclasses
 
     from medspark.metrics.runs import RunRecord
     from medspark.metrics.spark_stages import job_group
-    from medspark.pipeline import infer, ingest, preprocess, run_all
+    from medspark.pipeline import run_all
 
     deid = DeidConfig(phi_map=True)
-    steps = with_overrides(PipelineConfig(), warehouse=str(tmp_path / "steps"), deid=deid)
     driver_bytes = 64 * 1024 * 1024 if where == "driver" else 0
     ingest_config = dataclasses.replace(PipelineConfig().ingest, driver_pass_max_bytes=driver_bytes)
     onepass = with_overrides(
         PipelineConfig(), warehouse=str(tmp_path / "pass"), deid=deid, ingest=ingest_config
     )
-    ingest(spark, inputs, steps)
-    preprocess(spark, steps)
-    infer(spark, steps)
     with job_group(spark, "pass-1", "first load"):
         ingested, preprocessed, inferred = run_all(
             spark, inputs, onepass, RunRecord(run_id="pass-1", job="run")
