@@ -178,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(sv, spark=False)
 
+    iv = sub.add_parser(
+        "install-viewer", help="download the OHIF viewer from npm for medspark serve (50 MB)"
+    )
+    iv.add_argument("--dir", help="where to put it (default: ~/.cache/medspark/ohif-<version>)")
+
     tr = sub.add_parser("train-demo", help="retrain the bundled demonstration model (synthetic)")
     tr.add_argument("--out", required=True, help="directory for model.pt and model_card.json")
     tr.add_argument("--epochs", type=int, default=12)
@@ -648,6 +653,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_install_viewer(args: argparse.Namespace) -> int:
+    from medspark.errors import EnvironmentProblem
+    from medspark.viewer import OHIF_VERSION, TARBALL_URL, install
+
+    try:
+        folder = install(Path(args.dir) if args.dir else None)
+    except OSError as exc:
+        raise EnvironmentProblem(f"could not download {TARBALL_URL}: {exc}") from exc
+    print(f"OHIF {OHIF_VERSION} installed in {folder}; medspark serve shows it at /viewer/")
+    return 0
+
+
 def cmd_train_demo(args: argparse.Namespace) -> int:
     import json
 
@@ -697,6 +714,7 @@ COMMANDS = {
     "forget": cmd_forget,
     "export": cmd_export,
     "serve": cmd_serve,
+    "install-viewer": cmd_install_viewer,
     "train-demo": cmd_train_demo,
     "demo": cmd_demo,
 }

@@ -591,10 +591,43 @@ class Server:
         return endpoint
 
 
+def viewer_routes(folder: Path | None) -> list[Any]:
+    """``/viewer``: the installed OHIF viewer's files (:mod:`medspark.viewer`); any other path
+    under it is the page itself (the viewer routes in the browser). A path outside the folder
+    is never served. Without an install, one line saying how to install it."""
+    import mimetypes
+
+    from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse
+    from starlette.routing import Route
+
+    root = folder.resolve() if folder is not None else None
+
+    def page(request: Any) -> Any:
+        if root is None:
+            LOG.warning("GET %s -> 404: the viewer is not installed", request.url.path)
+            return PlainTextResponse(
+                "the OHIF viewer is not installed: run medspark install-viewer", status_code=404
+            )
+        wanted = (root / request.path_params.get("path", "")).resolve()
+        if not (wanted.is_file() and wanted.is_relative_to(root)):
+            wanted = root / "index.html"
+        kind = "application/wasm" if wanted.suffix == ".wasm" else mimetypes.guess_type(wanted)[0]
+        return FileResponse(wanted, media_type=kind or "application/octet-stream")
+
+    return [
+        Route("/viewer", lambda request: RedirectResponse("/viewer/")),
+        Route("/viewer/{path:path}", page),
+    ]
+
+
 def create_app(
-    config: PipelineConfig, token: str | None = None, catalog: Catalog | None = None
+    config: PipelineConfig,
+    token: str | None = None,
+    catalog: Catalog | None = None,
+    viewer: Path | None = None,
 ) -> Any:
-    """The ASGI application (Starlette) of ``medspark serve``."""
+    """The ASGI application (Starlette) of ``medspark serve``; ``viewer`` is the folder of an
+    installed OHIF (:func:`medspark.viewer.installed`)."""
     from starlette.applications import Starlette
     from starlette.routing import Route
 
@@ -618,6 +651,7 @@ def create_app(
         Route(study, g(server.retrieve)),
         Route(series, g(server.retrieve)),
         Route(instance, g(server.retrieve)),
+        *viewer_routes(viewer),
     ]
 
     def not_found(request: Any, exc: Any) -> Any:
@@ -647,7 +681,12 @@ def serve(
     """Serve the warehouse until interrupted."""
     import uvicorn
 
+    from medspark.viewer import installed
+
     check_binding(host, token)
-    app = create_app(config, token)
+    viewer = installed()
+    app = create_app(config, token, viewer=viewer)
     LOG.info("serving DICOMweb at http://%s:%d/dicomweb", host, port)
+    if viewer is not None:
+        LOG.info("the OHIF viewer at http://%s:%d/viewer/", host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -326,3 +326,71 @@ def test_serve_refuses_another_address_without_a_token(built, capsys):
     code = main(["serve", "--warehouse", config.warehouse, "--host", "0.0.0.0"])
     assert code == 2
     assert "'--token'" in capsys.readouterr().err
+
+
+# -- the OHIF viewer in a browser --------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+def _viewport_png(page) -> np.ndarray:
+    """The main viewport (the largest canvas) as an RGB array."""
+    import cv2
+
+    canvases = page.locator("canvas").all()
+    box = max((c.bounding_box() for c in canvases), key=lambda b: b["width"] * b["height"])
+    png = page.screenshot(clip=box)
+    return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_ohif_opens_a_study_from_the_list_and_overlays_its_seg(built):
+    """OHIF, installed from npm (medspark install-viewer), served at /viewer by medspark serve,
+    in headless Chromium: the study list shows the CT study with its SEG; opening it in the
+    Segmentation mode draws the image; loading the SEG lists its segment and changes the
+    image. The screenshots are kept in test-artifacts/."""
+    from playwright.sync_api import sync_playwright
+
+    from medspark.viewer import install, installed
+
+    config, _, scans = built
+    viewer = installed() or install()
+    instance, thread, url = _start(create_app(config, viewer=viewer))
+    base = url.removesuffix("/dicomweb")
+    failed: list[tuple[int, str]] = []
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"],
+            )
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on(
+                "response", lambda r: failed.append((r.status, r.url)) if r.status >= 400 else None
+            )
+            page.goto(base + "/viewer/")
+            row = page.get_by_text("CT\\SEG").first
+            row.wait_for(timeout=90_000)
+            row.click()
+            page.get_by_role("button", name="Segmentation").click()
+            page.get_by_text("I:1 (1/4)").wait_for(timeout=90_000)  # the CT's first slice
+            page.wait_for_timeout(2000)
+            image = _viewport_png(page)
+            page.screenshot(path=ARTIFACTS / "ohif_study.png")
+            assert image.std() > 10, "the viewport is blank"
+
+            page.get_by_text("SEG", exact=True).last.dblclick()
+            page.get_by_text("sphere").first.wait_for(timeout=60_000)
+            page.wait_for_timeout(2000)
+            overlaid = _viewport_png(page)
+            page.screenshot(path=ARTIFACTS / "ohif_seg.png")
+            browser.close()
+    finally:
+        instance.should_exit = True
+        thread.join(timeout=10)
+    assert not failed, failed
+    assert overlaid.shape == image.shape
+    changed = np.abs(overlaid.astype(int) - image.astype(int)).max(axis=2) > 30
+    assert changed.mean() > 0.01, "the SEG drew nothing over the image"
