@@ -19,7 +19,7 @@ from medspark.dicom.burned_in import ultrasound_regions
 from medspark.dicom.deid import Pseudonymizer
 from medspark.dicom.header import ItemError, parse_header
 from medspark.dicom.instance import burned_in_flag, deidentified_instance
-from medspark.tables.error_classes import BURNED_IN_WITHHELD
+from medspark.tables.error_classes import BURNED_IN_WITHHELD, NOT_DEIDENTIFIED
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
@@ -152,3 +152,12 @@ def test_flagged_without_regions_is_withheld(test_files):
         deidentified_instance(row["header_json"], data, where="instance 2.25.1")
     assert caught.value.error_class == BURNED_IN_WITHHELD
     assert "instance 2.25.1" in str(caught.value)
+
+
+def test_a_header_that_is_not_deidentified_gives_no_file(test_files):
+    """A warehouse written with deid.enabled false holds original headers: refused."""
+    data = (test_files / "CT_small.dcm").read_bytes()
+    header = parse_header(data, "file:///ct.dcm")
+    with pytest.raises(ItemError) as caught:
+        deidentified_instance(header["header_json"], data)
+    assert caught.value.error_class == NOT_DEIDENTIFIED

@@ -18,7 +18,9 @@ Pixels follow the one burned-in rule (:func:`medspark.dicom.burned_in.burned_in_
 ``images`` table does: a flagged instance (``deid.burned_in: clean``) with Sequence of
 Ultrasound Regions (0018,6011) has every pixel outside the regions set to 0 in every frame and
 is written Explicit VR Little Endian (lossless); one without regions is withheld
-(:class:`~medspark.dicom.header.ItemError` ``burned_in_withheld``). An instance whose pixels are
+(:class:`~medspark.dicom.header.ItemError` ``burned_in_withheld``). A header not marked Patient
+Identity Removed (0012,0062) YES (a warehouse written with ``deid.enabled: false``) gives no
+file (``not_deidentified``). An instance whose pixels are
 not touched keeps its transfer syntax and its Pixel Data bytes as they were. A source in a big
 endian or deflated syntax is written Explicit VR Little Endian.
 
@@ -33,7 +35,7 @@ import json
 from typing import Any
 
 from medspark.dicom.header import ItemError
-from medspark.tables.error_classes import BURNED_IN_WITHHELD, UNDECODABLE_FILE
+from medspark.tables.error_classes import BURNED_IN_WITHHELD, NOT_DEIDENTIFIED, UNDECODABLE_FILE
 
 #: Implementation Class UID (0002,0012) of files medspark writes: ``2.25.`` + the integer of a
 #: fixed UUID (PS3.5 B.2), so it never changes between releases or runs.
@@ -56,6 +58,23 @@ def _source_dataset(source: bytes, where: str) -> Any:
         raise ItemError(UNDECODABLE_FILE, f"{where}: pydicom cannot read it: {exc}") from exc
 
 
+def _without_bulk(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with every ``BulkDataURI`` value emptied, in sequences too (pydicom would
+    otherwise call a handler for each, and inspect its signature per element)."""
+    out: dict[str, Any] = {}
+    for tag, element in doc.items():
+        if not isinstance(element, dict):
+            continue
+        if "BulkDataURI" in element:
+            out[tag] = {"vr": element.get("vr", "UN")}
+        elif element.get("vr") == "SQ" and element.get("Value"):
+            items = [_without_bulk(i) for i in element["Value"] if isinstance(i, dict)]
+            out[tag] = {"vr": "SQ", "Value": items}
+        else:
+            out[tag] = element
+    return out
+
+
 def _from_header_json(header_json: str, src: Any) -> Any:
     """The dataset of ``header_json`` (file meta left out) with the top-level bulk values of
     ``src`` filled in and nested ones emptied."""
@@ -64,7 +83,7 @@ def _from_header_json(header_json: str, src: Any) -> Any:
 
     doc = json.loads(header_json)
     body = {tag: element for tag, element in doc.items() if not tag.startswith("0002")}
-    ds = Dataset.from_json(body, bulk_data_uri_handler=lambda tag, vr, uri: None)
+    ds = Dataset.from_json(_without_bulk(body))
     for tag, element in body.items():
         if isinstance(element, dict) and "BulkDataURI" in element:
             source_element = src.get(Tag(int(tag, 16)))
@@ -120,27 +139,22 @@ def _set_native(ds: Any, arr: Any, photometric: str) -> None:
         ds.PlanarConfiguration = 0
 
 
+def _first(doc: dict[str, Any], tag: str) -> str | None:
+    values = (doc.get(tag) or {}).get("Value") or [None]
+    return values[0] if isinstance(values[0], str) else None
+
+
 def burned_in_flag(header_json: str) -> str | None:
     """The burned-in rule for a ``scans.header_json``: why its pixels may show text, or None."""
     from medspark.dicom.burned_in import burned_in_reason
 
     doc = json.loads(header_json)
-
-    def first(tag: str) -> str | None:
-        values = (doc.get(tag) or {}).get("Value") or [None]
-        return values[0] if isinstance(values[0], str) else None
-
-    return burned_in_reason(header_json, first("00080060"), first("00080016"))
+    return burned_in_reason(header_json, _first(doc, "00080060"), _first(doc, "00080016"))
 
 
 def _meta_values(header_json: str) -> dict[str, str]:
     doc = json.loads(header_json)
-    out = {}
-    for tag in ("00020002", "00020003"):
-        values = (doc.get(tag) or {}).get("Value") or []
-        if values and isinstance(values[0], str):
-            out[tag] = values[0]
-    return out
+    return {tag: v for tag in ("00020002", "00020003") if (v := _first(doc, tag))}
 
 
 def deidentified_instance(
@@ -167,6 +181,14 @@ def _instance(header_json: str, source: bytes, burned_in: str, where: str) -> by
     import pydicom
     from pydicom.dataset import FileMetaDataset
 
+    if _first(json.loads(header_json), "00120062") != "YES":
+        # A warehouse written with deid.enabled false holds the original header: no file of
+        # it may leave as "de-identified".
+        raise ItemError(
+            NOT_DEIDENTIFIED,
+            f"{where}: its header is not marked Patient Identity Removed (0012,0062) YES "
+            "(written with deid.enabled false); not exported",
+        )
     src = _source_dataset(source, where)
     ds = _from_header_json(header_json, src)
     syntax = str(src.file_meta.get("TransferSyntaxUID", "") or "") if src.file_meta else ""

@@ -50,6 +50,7 @@ SEGMENTATION_FAILED = "segmentation_failed"
 SEG_FAILED = "seg_failed"
 # De-identified DICOM files (medspark.dicom.instance, medspark.export).
 BURNED_IN_WITHHELD = "burned_in_withheld"
+NOT_DEIDENTIFIED = "not_deidentified"
 
 #: ``ingest_errors.error_class`` -> when an item gets it.
 INGEST_ERROR_CLASSES: dict[str, str] = {
@@ -123,4 +124,8 @@ EXPORT_ERROR_CLASSES: dict[str, str] = {
         "(deid.burned_in: clean): no file is written"
     ),
     UNDECODABLE_FILE: "the pixels must be cleaned and cannot be decoded, or pydicom cannot read it",
+    NOT_DEIDENTIFIED: (
+        "its scans header is not marked Patient Identity Removed (0012,0062) YES (written with "
+        "deid.enabled false): no file is written"
+    ),
 }
