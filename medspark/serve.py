@@ -46,7 +46,8 @@ LOG = logging.getLogger(__name__)
 
 UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 DICOM_JSON = "application/dicom+json"
-NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", EXPLICIT_LE})
 
 #: Attributes returned at each level (tags of PS3.18 Table 10.6.3-3, -4, -5).
 STUDY_TAGS = (
@@ -357,6 +358,7 @@ class Files:
         self._limits = _limits(config)
         self._max = max_bytes
         self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._frames: dict[str, tuple[list[bytes], str]] = {}  # split once, dropped with the file
         self._size = 0
         self._lock = threading.Lock()
 
@@ -367,8 +369,23 @@ class Files:
             self._cache[sop] = data
             self._size += len(data)
             while self._size > self._max and len(self._cache) > 1:
-                _, old = self._cache.popitem(last=False)
+                old_sop, old = self._cache.popitem(last=False)
                 self._size -= len(old)
+                if self._frames.pop(old_sop, None) is not None:
+                    self._size -= len(old)
+
+    def frames(self, sop: str, data: bytes) -> tuple[list[bytes], str]:
+        """:func:`split_frames` of an instance's file, kept while the file is (its frames
+        count as much again against the cache's bytes)."""
+        with self._lock:
+            if sop in self._frames:
+                return self._frames[sop]
+        split = split_frames(data)
+        with self._lock:
+            if sop in self._cache and sop not in self._frames:
+                self._frames[sop] = split
+                self._size += len(data)
+        return split
 
     def get(self, entries: Sequence[Entry]) -> list[tuple[Entry, bytes | ItemError]]:
         """The file of each entry (in order), or why it has none."""
@@ -415,9 +432,9 @@ def metadata(entry: Entry, data: bytes, base: str) -> dict[str, Any]:
     return doc
 
 
-def frames_of(data: bytes, numbers: Sequence[int]) -> tuple[list[bytes], str]:
-    """The bytes of frames ``numbers`` (1-based) of a made file and their transfer syntax:
-    native frames as Explicit VR Little Endian bytes, encapsulated ones as stored."""
+def split_frames(data: bytes) -> tuple[list[bytes], str]:
+    """Every frame of a made file, and their transfer syntax: native frames as Explicit VR
+    Little Endian bytes, encapsulated ones as stored."""
     import io
     import warnings
 
@@ -429,25 +446,24 @@ def frames_of(data: bytes, numbers: Sequence[int]) -> tuple[list[bytes], str]:
         ds = pydicom.dcmread(io.BytesIO(data))
     syntax = str(ds.file_meta.TransferSyntaxUID)
     count = int(ds.get("NumberOfFrames", 1) or 1)
-    bad = [n for n in numbers if not 1 <= n <= count]
-    if bad:
-        raise RequestError(404, f"no frame {bad[0]} (the instance has {count})")
     if "PixelData" not in ds:
         raise RequestError(404, "the instance has no Pixel Data (7FE0,0010)")
     if syntax in NATIVE_SYNTAXES:
-        bits = (
-            int(ds.Rows)
-            * int(ds.Columns)
-            * int(ds.get("SamplesPerPixel", 1))
-            * int(ds.BitsAllocated)
-        )
+        bits = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
+        bits *= int(ds.BitsAllocated)
         if bits % 8:
             raise RequestError(406, "frames of Bits Allocated 1 are not served one by one")
-        size = bits // 8
-        pixels = ds.PixelData
-        return [pixels[(n - 1) * size : n * size] for n in numbers], "1.2.840.10008.1.2.1"
-    frames = list(generate_frames(ds.PixelData, number_of_frames=count))
-    return [frames[n - 1] for n in numbers], syntax
+        size, pixels = bits // 8, ds.PixelData
+        return [pixels[n * size : (n + 1) * size] for n in range(count)], EXPLICIT_LE
+    return list(generate_frames(ds.PixelData, number_of_frames=count)), syntax
+
+
+def pick_frames(frames: Sequence[bytes], numbers: Sequence[int]) -> list[bytes]:
+    """Frames ``numbers`` (1-based) of ``frames``; a number out of range is a 404."""
+    bad = [n for n in numbers if not 1 <= n <= len(frames)]
+    if bad:
+        raise RequestError(404, f"no frame {bad[0]} (the instance has {len(frames)})")
+    return [frames[n - 1] for n in numbers]
 
 
 # -- HTTP -------------------------------------------------------------------------------
@@ -543,8 +559,9 @@ class Server:
         text = request.path_params["frames"]
         if not re.fullmatch(r"[0-9]+(,[0-9]+)*", text) or len(text) > 4000:
             raise RequestError(400, f"frame list {text[:40]!r} is not numbers separated by commas")
-        ((_, data),) = self._made(self._entries(request.path_params))
-        frames, syntax = frames_of(data, [int(n) for n in text.split(",")])
+        ((entry, data),) = self._made(self._entries(request.path_params))
+        every, syntax = self.files.frames(entry.sop, data)
+        frames = pick_frames(every, [int(n) for n in text.split(",")])
         wanted = _accepted_syntaxes(request.headers.get("accept", ""))
         if wanted is not None and syntax not in wanted:
             raise RequestError(406, f"frames are {syntax}; the request accepts {sorted(wanted)}")
