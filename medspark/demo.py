@@ -208,16 +208,7 @@ def run_demo(spark: Any, config: PipelineConfig, workdir: Path, saliency: bool =
     import dataclasses
 
     from medspark.metrics.runs import recorded_run
-    from medspark.pipeline import (
-        evaluate,
-        infer,
-        ingest,
-        new_run_id,
-        preprocess,
-        record_infer,
-        record_ingest,
-        record_preprocess,
-    )
+    from medspark.pipeline import evaluate, new_run_id, run_all
     from medspark.volumes.steps import volumes
     from medspark.waveforms.step import record_waveforms, run_waveforms
 
@@ -233,8 +224,9 @@ def run_demo(spark: Any, config: PipelineConfig, workdir: Path, saliency: bool =
     inputs.append(build_ecg_export(workdir / "input"))
     print(f"sample input: {workdir / 'input'} (pydicom's files from {pydicom_test_files()})")
     with recorded_run(spark, config, "run", new_run_id()) as record:
-        ingested = ingest(spark, [str(p) for p in inputs], config, record.run_id)
-        record_ingest(record, ingested)
+        # medspark run's one pass: each item read, de-identified, decoded, preprocessed and
+        # inferred once; its three results are shown in turn below.
+        ingested, pre, inferred = run_all(spark, [str(p) for p in inputs], config, record)
         print(ingested.summary())
         print("\nscans by modality:")
         scans = _show(spark, config, "scans")
@@ -247,16 +239,12 @@ def run_demo(spark: Any, config: PipelineConfig, workdir: Path, saliency: bool =
         ).show(100, truncate=110)
 
         print("preprocessing frames (decode, window, OpenCV chain, mask statistics):")
-        pre = preprocess(spark, config, record.run_id)
-        record_preprocess(record, pre)
         print(pre.summary())
         _show(spark, config, "images").select(
             "frame", "tensor_shape", "window", "mask_area_px", "mask_area_mm2", "mask_components"
         ).orderBy(F.desc("mask_area_px")).show(8, truncate=False)
 
         print("inference with the bundled demonstration model (synthetic training data):")
-        inferred = infer(spark, config, None, record.run_id)
-        record_infer(record, inferred)
         print(inferred.summary())
         if config.inference.saliency:
             print(
