@@ -85,6 +85,31 @@ def _selection(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _file_commands(sub: Any) -> None:
+    """``export``, ``serve`` and ``install-viewer``: DICOM files out of the warehouse, no Spark."""
+    ex = sub.add_parser(
+        "export", help="write scans as de-identified DICOM files (and their SEG files); no Spark"
+    )
+    ex.add_argument("--out", required=True, help="directory for <study>/<series>/<sop>.dcm")
+    _selection(ex)
+    _common(ex, spark=False)
+
+    sv = sub.add_parser("serve", help="a read-only DICOMweb view of the warehouse; no Spark")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8042, help="port (default 8042)")
+    sv.add_argument(
+        "--token",
+        help="bearer token every request must carry (required off loopback); "
+        "default: $MEDSPARK_SERVE_TOKEN",
+    )
+    _common(sv, spark=False)
+
+    iv = sub.add_parser(
+        "install-viewer", help="download the OHIF viewer from npm for medspark serve (50 MB)"
+    )
+    iv.add_argument("--dir", help="where to put it (default: ~/.cache/medspark/ohif-<version>)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medspark", description="Medical-imaging data engineering on Apache Spark."
@@ -161,27 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(fg)
 
-    ex = sub.add_parser(
-        "export", help="write scans as de-identified DICOM files (and their SEG files); no Spark"
-    )
-    ex.add_argument("--out", required=True, help="directory for <study>/<series>/<sop>.dcm")
-    _selection(ex)
-    _common(ex, spark=False)
-
-    sv = sub.add_parser("serve", help="a read-only DICOMweb view of the warehouse; no Spark")
-    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    sv.add_argument("--port", type=int, default=8042, help="port (default 8042)")
-    sv.add_argument(
-        "--token",
-        help="bearer token every request must carry (required off loopback); "
-        "default: $MEDSPARK_SERVE_TOKEN",
-    )
-    _common(sv, spark=False)
-
-    iv = sub.add_parser(
-        "install-viewer", help="download the OHIF viewer from npm for medspark serve (50 MB)"
-    )
-    iv.add_argument("--dir", help="where to put it (default: ~/.cache/medspark/ohif-<version>)")
+    _file_commands(sub)
 
     tr = sub.add_parser("train-demo", help="retrain the bundled demonstration model (synthetic)")
     tr.add_argument("--out", required=True, help="directory for model.pt and model_card.json")

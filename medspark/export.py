@@ -65,8 +65,11 @@ class ScanSource:
 
     @property
     def relative_path(self) -> str:
-        """``<study>/<series>/<sop>.dcm``: pseudonymous UIDs only."""
-        return f"{self.study_instance_uid}/{self.series_instance_uid}/{self.sop_instance_uid}.dcm"
+        """``<study>/<series>/<sop>.dcm``: pseudonymous UIDs only (``unknown`` for an instance
+        without Study or Series Instance UID, which a non-conformant source may lack)."""
+        study = self.study_instance_uid or "unknown"
+        series = self.series_instance_uid or "unknown"
+        return f"{study}/{series}/{self.sop_instance_uid}.dcm"
 
 
 def _delta(path: str) -> Any:
@@ -122,7 +125,7 @@ def scan_sources(
                 path_uri=uri,
                 path_member=member,
                 sha256=r["sha256"],
-                header_json=r["header_json"],
+                header_json=r["header_json"] or "{}",
             )
         )
     return out
