@@ -104,10 +104,13 @@ class Catalog:
     instances: dict[str, Entry] = field(default_factory=dict)
     by_series: dict[str, list[str]] = field(default_factory=dict)
     by_study: dict[str, list[str]] = field(default_factory=dict)
+    #: Study-level documents, computed on first use (the catalog does not change once built).
+    study_docs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, entry: Entry) -> None:
         if entry.sop in self.instances:
             return
+        self.study_docs.pop(entry.study, None)
         self.instances[entry.sop] = entry
         series = self.by_series.setdefault(entry.series, [])
         if not series:
@@ -276,7 +279,13 @@ def _filtered(docs: Iterable[dict[str, Any]], query: Query) -> list[dict[str, An
 
 def study_document(catalog: Catalog, study: str) -> dict[str, Any]:
     """The study-level attributes of ``study`` (from its first instance), with the counts and
-    Modalities in Study (0008,0061) computed over its series."""
+    Modalities in Study (0008,0061) computed over its series; computed once per study."""
+    if study not in catalog.study_docs:
+        catalog.study_docs[study] = _study_document(catalog, study)
+    return catalog.study_docs[study]
+
+
+def _study_document(catalog: Catalog, study: str) -> dict[str, Any]:
     series = catalog.by_study[study]
     first = catalog.instances[catalog.by_series[series[0]][0]].header
     doc = {tag: first[tag] for tag in STUDY_TAGS if tag in first}

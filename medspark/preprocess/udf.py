@@ -23,7 +23,6 @@ only. With ``burned_in: keep`` flagged frames are ``kept`` as they are.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,10 +32,8 @@ import numpy as np
 
 from medspark.tables.error_classes import (
     PREPROCESS_FAILED,
-    SOURCE_CHANGED,
     UNDECODABLE_FILE,
     UNDECODABLE_FRAME,
-    UNREADABLE,
 )
 
 
@@ -234,7 +231,7 @@ def preprocess_batches(
     from pyspark import TaskContext
 
     from medspark.dicom.burned_in import burned_in_rule
-    from medspark.sources.members import read_items
+    from medspark.sources.members import read_verified
 
     # A task owns spark.task.cpus cores; OpenCV's own thread pool would otherwise start one
     # thread per machine core in every Python worker and the workers would fight for them.
@@ -294,21 +291,19 @@ def preprocess_batches(
             share = None if pd.isna(start) else (int(start), int(stop))
             expected = sha if isinstance(sha, str) else None
             keys.setdefault((uri, member), []).append((key, share, expected))
-        items = iter(read_items(keys, settings.limits))
+        requests = [(uri, member, shares[0][2]) for (uri, member), shares in keys.items()]
+        items = iter(read_verified(requests, settings.limits))
         while True:
             t_read = time.perf_counter()
             try:
                 (uri, member), content = next(items)
             except StopIteration:
                 break
-            where = uri + (f"!{member}" if member else "")
-            seconds_read = time.perf_counter() - t_read
-            digest = None if isinstance(content, Exception) else hashlib.sha256(content).hexdigest()
-            for key, share, expected in keys[(uri, member)]:
-                problem = _reread_problem(where, content, digest, expected)
-                if problem is not None:
+            seconds_read = time.perf_counter() - t_read  # the read and its SHA-256
+            for key, share, _ in keys[(uri, member)]:
+                if isinstance(content, Exception):
                     if share is None or share[0] == 0:  # one row per item, not per share
-                        row = _error_row(key, None, *problem)
+                        row = _error_row(key, None, content.error_class, str(content))
                         row["seconds_read"] = seconds_read
                         out.append(row)
                 else:
@@ -324,21 +319,6 @@ def preprocess_batches(
                     batch_start = time.perf_counter()
     if out:
         yield flush()
-
-
-def _reread_problem(
-    where: str, content: bytes | Exception, digest: str | None, expected: str | None
-) -> tuple[str, str] | None:
-    """Why a re-read item cannot be preprocessed (error class, message), or None."""
-    if isinstance(content, Exception):
-        return getattr(content, "error_class", UNREADABLE), f"{where}: {content}"
-    if expected is not None and digest != expected:
-        return (
-            SOURCE_CHANGED,
-            f"{where}: changed since ingest (SHA-256 {digest} now, {expected} when ingested); "
-            "ingest it again",
-        )
-    return None
 
 
 def worker_rss_bytes() -> int | None:

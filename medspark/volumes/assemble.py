@@ -25,24 +25,20 @@ instance (and frame).
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from medspark.preprocess.udf import (
-    SOURCE_CHANGED,
-    UNDECODABLE_FILE,
-    UNDECODABLE_FRAME,
-    UNREADABLE,
-    _reread_problem,
-)
 from medspark.tables.error_classes import (
     IRREGULAR_SERIES,
     NOT_MONOCHROME,
     SERIES_TOO_LARGE,
+    SOURCE_CHANGED,
+    UNDECODABLE_FILE,
+    UNDECODABLE_FRAME,
+    UNREADABLE,
 )
 from medspark.volumes.geometry import (
     GEOMETRY_COLUMNS,
@@ -157,23 +153,13 @@ def plan_volume(
     return geo, slices
 
 
-Reader = Callable[
-    [Iterable[tuple[str, str | None]], Any], Iterator[tuple[tuple[str, str | None], Any]]
-]
-
-
-def assemble_volume(
-    rows: Sequence[Mapping[str, Any]],
-    settings: VolumeSettings,
-    read: Reader | None = None,
-) -> Volume:
+def assemble_volume(rows: Sequence[Mapping[str, Any]], settings: VolumeSettings) -> Volume:
     """Read the instances of one series (``scans`` rows, :data:`VOLUME_INPUT_COLUMNS`) and stack
     their frames in geometric order. Raises :class:`VolumeError` naming the series and, for a
     bad instance, the instance and frame."""
     from medspark.dicom.pixels import DicomPixelError, iter_frames
+    from medspark.sources.members import read_verified
 
-    if read is None:
-        from medspark.sources.members import read_items as read
     uid = rows[0]["series_instance_uid"]
     geo, slices = plan_volume(rows, settings)
     assert geo.grid_index is not None  # assemblable
@@ -188,14 +174,13 @@ def assemble_volume(
     acquired[grid] = True
     by_location = {(r["source_uri"], r["archive_member"]): r for r in rows}
     max_samples = None if settings.limits is None else settings.limits.max_frame_samples
-    for (uri, member), content in read(list(by_location), settings.limits):
+    requests = [(uri, member, r.get("sha256")) for (uri, member), r in by_location.items()]
+    for (uri, member), content in read_verified(requests, settings.limits):
         row = by_location[(uri, member)]
         sop = row["sop_instance_uid"]
         where = uri + (f"!{member}" if member else "")
-        digest = None if isinstance(content, Exception) else hashlib.sha256(content).hexdigest()
-        problem = _reread_problem(where, content, digest, row.get("sha256"))
-        if problem is not None:
-            raise VolumeError(problem[0], f"series {uid}: instance {sop}: {problem[1]}")
+        if isinstance(content, Exception):
+            raise VolumeError(content.error_class, f"series {uid}: instance {sop}: {content}")
         try:
             frames = iter_frames(content, max_frame_samples=max_samples)
         except DicomPixelError as exc:

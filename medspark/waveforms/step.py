@@ -26,7 +26,6 @@ Source Sequence (003A,0208), a coded term.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -172,8 +171,7 @@ def waveform_batches(batches: Iterator[Any], settings: WaveformSettings) -> Iter
     import numpy as np
     import pandas as pd
 
-    from medspark.preprocess.udf import _reread_problem
-    from medspark.sources.members import read_items
+    from medspark.sources.members import read_verified
 
     columns = WAVEFORM_ROWS.fieldNames()
     method = method_text()
@@ -201,15 +199,12 @@ def waveform_batches(batches: Iterator[Any], settings: WaveformSettings) -> Iter
             member = member if isinstance(member, str) else None
             key = {"sop_instance_uid": sop, "source_uri": uri, "archive_member": member}
             keys.setdefault((uri, member), []).append((key, sha if isinstance(sha, str) else None))
-        for (uri, member), content in read_items(keys, settings.limits):
-            where = uri + (f"!{member}" if member else "")
-            digest = None if isinstance(content, Exception) else hashlib.sha256(content).hexdigest()
-            for key, expected in keys[(uri, member)]:
-                problem = _reread_problem(where, content, digest, expected)
-                if problem is not None:
-                    out.append(error_row(key, *problem))
+        requests = [(uri, member, keyed[0][1]) for (uri, member), keyed in keys.items()]
+        for (uri, member), content in read_verified(requests, settings.limits):
+            for key, _ in keys[(uri, member)]:
+                if isinstance(content, Exception):
+                    out.append(error_row(key, content.error_class, str(content)))
                 else:
-                    assert isinstance(content, bytes)
                     rows = process_instance(content, key, settings.limits, method)
                     out.extend(rows)
                     held += sum(int(r.get("n_samples") or 0) for r in rows)
