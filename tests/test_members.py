@@ -141,13 +141,22 @@ def test_reread_applies_the_ingest_limits(tmp_path, test_files):
 
 
 def test_changed_source_is_an_error_row_not_other_pixels(tmp_path, test_files):
+    """read_verified: the bytes when their SHA-256 is the one ingest recorded (or none was),
+    else source_changed naming the location; a vanished file is unreadable."""
     import hashlib
 
-    from medspark.preprocess.udf import _reread_problem
+    from medspark.sources.archives import to_uri
+    from medspark.sources.members import ItemReadError, read_verified
 
-    data = (test_files / "CT_small.dcm").read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    assert _reread_problem("f", data, digest, digest) is None
-    cls, message = _reread_problem("f", data, digest, "0" * 64)
-    assert cls == "source_changed" and "ingest it again" in message
-    assert _reread_problem("f", OSError("gone"), None, digest)[0] == "unreadable"
+    ct = tmp_path / "ct.dcm"
+    ct.write_bytes((test_files / "CT_small.dcm").read_bytes())
+    uri = to_uri(ct)
+    digest = hashlib.sha256(ct.read_bytes()).hexdigest()
+    assert dict(read_verified([(uri, None, digest)]))[(uri, None)] == ct.read_bytes()
+    assert dict(read_verified([(uri, None, None)]))[(uri, None)] == ct.read_bytes()
+    changed = dict(read_verified([(uri, None, "0" * 64)]))[(uri, None)]
+    assert isinstance(changed, ItemReadError) and changed.error_class == "source_changed"
+    assert str(changed).startswith(uri) and "ingest it again" in str(changed)
+    ct.unlink()
+    gone = dict(read_verified([(uri, None, digest)]))[(uri, None)]
+    assert isinstance(gone, ItemReadError) and gone.error_class == "unreadable"
